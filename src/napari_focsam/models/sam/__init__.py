@@ -1,0 +1,22 @@
+"""SAM 1 model (segment-anything 1.0 architecture) in plain PyTorch."""
+
+from .config import SAM_CONFIGS, MaskDecoderConfig, SamConfig, ViTEncoderConfig
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder, MaskDecoderOutput
+from .model import SamModel, build_sam
+from .prompt_encoder import PromptEncoder
+from .transformer import TwoWayTransformer
+
+__all__ = [
+    "SAM_CONFIGS",
+    "ImageEncoderViT",
+    "MaskDecoder",
+    "MaskDecoderConfig",
+    "MaskDecoderOutput",
+    "PromptEncoder",
+    "SamConfig",
+    "SamModel",
+    "TwoWayTransformer",
+    "ViTEncoderConfig",
+    "build_sam",
+]

@@ -1,0 +1,248 @@
+"""ViT image encoder of SAM (ViTDet backbone with windowed and global attention)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..common import LayerNorm2d, MLPBlock
+from .config import ViTEncoderConfig
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Split a token grid into non-overlapping windows, zero-padding bottom/right.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Tokens, ``B x H x W x C``.
+    window : int
+        Window side.
+
+    Returns
+    -------
+    windows : torch.Tensor
+        ``(B * nWh * nWw) x window x window x C``.
+    padded_hw : tuple of int
+        Grid size after padding ``(Hp, Wp)``.
+    """
+    b, h, w, c = x.shape
+    pad_h, pad_w = -h % window, -w % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // window, window, wp // window, window, c)
+    return x.transpose(2, 3).reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`, dropping the padding.
+
+    Parameters
+    ----------
+    windows : torch.Tensor
+        ``(B * nWh * nWw) x window x window x C``.
+    window : int
+        Window side.
+    padded_hw, hw : tuple of int
+        Padded and original grid sizes.
+
+    Returns
+    -------
+    torch.Tensor
+        ``B x H x W x C``.
+    """
+    hp, wp = padded_hw
+    h, w = hw
+    nh, nw = hp // window, wp // window
+    b = windows.shape[0] // (nh * nw)
+    x = windows.view(b, nh, nw, window, window, -1).transpose(2, 3).reshape(b, hp, wp, -1)
+    return x[:, :h, :w] if (hp > h or wp > w) else x
+
+
+def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative-position embeddings for every (query, key) pair along one axis.
+
+    Parameters
+    ----------
+    q_size, k_size : int
+        Query and key lengths along the axis.
+    rel_pos : torch.Tensor
+        Learned table ``L x C``; linearly resampled when ``L != 2 * max(q, k) - 1``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``q_size x k_size x C``.
+    """
+    length = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != length:
+        rel_pos = F.interpolate(rel_pos.t()[None], size=length, mode="linear")[0].t()
+    q_scale = max(k_size / q_size, 1.0)
+    k_scale = max(q_size / k_size, 1.0)
+    q_pos = torch.arange(q_size, device=rel_pos.device)[:, None] * q_scale
+    k_pos = torch.arange(k_size, device=rel_pos.device)[None, :] * k_scale
+    index = (q_pos - k_pos + (k_size - 1) * k_scale).long()
+    return rel_pos[index]
+
+
+def decomposed_rel_pos_bias(
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    q_hw: tuple[int, int],
+    k_hw: tuple[int, int],
+) -> torch.Tensor:
+    """Additive attention bias of decomposed relative positions (MViTv2).
+
+    ``bias[q, k] = <q, R_h[q_row, k_row]> + <q, R_w[q_col, k_col]>``.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        Unscaled queries, ``B x heads x (qh * qw) x C``.
+    rel_pos_h, rel_pos_w : torch.Tensor
+        Learned tables ``Lh x C`` and ``Lw x C``.
+    q_hw, k_hw : tuple of int
+        Query and key grid sizes.
+
+    Returns
+    -------
+    torch.Tensor
+        ``B x heads x (qh * qw) x (kh * kw)``, dtype of ``q``.
+    """
+    (qh, qw), (kh, kw) = q_hw, k_hw
+    table_h = relative_position_table(qh, kh, rel_pos_h).to(q.dtype)
+    table_w = relative_position_table(qw, kw, rel_pos_w).to(q.dtype)
+    b, heads, _, c = q.shape
+    grid = q.reshape(b, heads, qh, qw, c)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid, table_h)
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid, table_w)
+    bias = bias_h[..., :, None] + bias_w[..., None, :]
+    return bias.reshape(b, heads, qh * qw, kh * kw)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a token grid with decomposed rel-pos bias.
+
+    Parameters
+    ----------
+    dim, num_heads : int
+        Width and heads.
+    qkv_bias : bool
+        Bias on the fused qkv projection.
+    use_rel_pos : bool
+        Add the decomposed relative-position bias.
+    input_size : tuple of int
+        Grid the rel-pos tables are sized for.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, use_rel_pos: bool,
+                 input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x H x W x C`` -> ``B x H x W x C``."""
+        b, h, w, c = x.shape
+        # B x N x 3 x heads x Ch -> 3 x B x heads x N x Ch
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        bias = None
+        if self.use_rel_pos:
+            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # B x heads x N x Ch
+        out = out.transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with window (``window > 0``) or global attention."""
+
+    def __init__(self, cfg: ViTEncoderConfig, window: int) -> None:
+        super().__init__()
+        grid = cfg.grid_size
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.attn = Attention(
+            cfg.embed_dim, cfg.num_heads, cfg.qkv_bias, cfg.use_rel_pos,
+            input_size=(window, window) if window else (grid, grid),
+        )
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp = MLPBlock(cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), nn.GELU)
+        self.window = window
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x H x W x C`` -> ``B x H x W x C``."""
+        y = self.norm1(x)
+        if self.window:
+            hw = (y.shape[1], y.shape[2])
+            y, padded = window_partition(y, self.window)
+            y = window_unpartition(self.attn(y), self.window, padded, hw)
+        else:
+            y = self.attn(y)
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection, ``B x 3 x S x S`` -> ``B x S/p x S/p x C``."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM's ViT image encoder.
+
+    Parameters
+    ----------
+    cfg : ViTEncoderConfig
+        Architecture.
+
+    Notes
+    -----
+    Input ``B x 3 x S x S`` (normalised, padded), output ``B x out_chans x S/p x S/p``.
+    """
+
+    def __init__(self, cfg: ViTEncoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.img_size = cfg.image_size
+        grid = cfg.grid_size
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
+        self.pos_embed = (
+            nn.Parameter(torch.zeros(1, grid, grid, cfg.embed_dim)) if cfg.use_abs_pos else None
+        )
+        self.blocks = nn.ModuleList(
+            Block(cfg, 0 if i in cfg.global_attn_indexes else cfg.window_size)
+            for i in range(cfg.depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(cfg.embed_dim, cfg.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(cfg.out_chans),
+            nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(cfg.out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``B x 3 x S x S`` -> ``B x out_chans x S/p x S/p``."""
+        x = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.neck(x.permute(0, 3, 1, 2))
