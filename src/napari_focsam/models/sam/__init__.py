@@ -2,6 +2,7 @@
 
 from .config import SAM_CONFIGS, MaskDecoderConfig, SamConfig, ViTEncoderConfig
 from .image_encoder import ImageEncoderViT
+from .loading import infer_sam_config, load_sam
 from .mask_decoder import MaskDecoder, MaskDecoderOutput
 from .model import SamModel, build_sam
 from .prompt_encoder import PromptEncoder
@@ -19,4 +20,6 @@ __all__ = [
     "TwoWayTransformer",
     "ViTEncoderConfig",
     "build_sam",
+    "infer_sam_config",
+    "load_sam",
 ]

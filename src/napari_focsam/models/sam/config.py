@@ -57,11 +57,14 @@ class ViTEncoderConfig:
     in_chans: int = 3
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "global_attn_indexes", tuple(int(i) for i in self.global_attn_indexes))
+        indexes = tuple(int(i) for i in self.global_attn_indexes)
+        object.__setattr__(self, "global_attn_indexes", indexes)
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"global_attn_indexes {bad} outside 0..{self.depth - 1}")

@@ -91,21 +91,22 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
 
 def decomposed_rel_pos_bias(
     q: torch.Tensor,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
+    table_h: torch.Tensor,
+    table_w: torch.Tensor,
     q_hw: tuple[int, int],
     k_hw: tuple[int, int],
 ) -> torch.Tensor:
     """Additive attention bias of decomposed relative positions (MViTv2).
 
-    ``bias[q, k] = <q, R_h[q_row, k_row]> + <q, R_w[q_col, k_col]>``.
+    ``bias[q, k] = <q, T_h[q_row, k_row]> + <q, T_w[q_col, k_col]>``.
 
     Parameters
     ----------
     q : torch.Tensor
-        Unscaled queries, ``B x heads x (qh * qw) x C``.
-    rel_pos_h, rel_pos_w : torch.Tensor
-        Learned tables ``Lh x C`` and ``Lw x C``.
+        Unscaled queries of ``qh`` whole grid rows, ``B x heads x (qh * qw) x C``.
+    table_h, table_w : torch.Tensor
+        Per-pair tables from :func:`relative_position_table` for those query rows,
+        ``qh x kh x C`` and ``qw x kw x C``.
     q_hw, k_hw : tuple of int
         Query and key grid sizes.
 
@@ -115,14 +116,17 @@ def decomposed_rel_pos_bias(
         ``B x heads x (qh * qw) x (kh * kw)``, dtype of ``q``.
     """
     (qh, qw), (kh, kw) = q_hw, k_hw
-    table_h = relative_position_table(qh, kh, rel_pos_h).to(q.dtype)
-    table_w = relative_position_table(qw, kw, rel_pos_w).to(q.dtype)
     b, heads, _, c = q.shape
     grid = q.reshape(b, heads, qh, qw, c)
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid, table_h)
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid, table_w)
+    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid, table_h.to(q.dtype))
+    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid, table_w.to(q.dtype))
     bias = bias_h[..., :, None] + bias_w[..., None, :]
     return bias.reshape(b, heads, qh * qw, kh * kw)
+
+
+#: Upper bound on the bytes of one attention-bias chunk. Small chunks stay in reused heap
+#: memory instead of fresh pages (a global ViT-H block's whole bias would be ~1 GiB).
+BIAS_CHUNK_BYTES = 24 * 2**20
 
 
 class Attention(nn.Module):
@@ -158,12 +162,31 @@ class Attention(nn.Module):
         # B x N x 3 x heads x Ch -> 3 x B x heads x N x Ch
         qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        bias = None
-        if self.use_rel_pos:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # B x heads x N x Ch
-        out = out.transpose(1, 2).reshape(b, h, w, c)
+        if not self.use_rel_pos:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            out = self._attend_with_rel_pos(q, k, v, h, w)
+        out = out.transpose(1, 2).reshape(b, h, w, c)  # B x heads x N x Ch -> B x H x W x C
         return self.proj(out)
+
+    def _attend_with_rel_pos(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             h: int, w: int) -> torch.Tensor:
+        """SDPA with the decomposed rel-pos bias, over chunks of query rows.
+
+        ``q, k, v``: ``B x heads x (H * W) x Ch`` -> ``B x heads x (H * W) x Ch``.
+        """
+        table_h = relative_position_table(h, h, self.rel_pos_h)
+        table_w = relative_position_table(w, w, self.rel_pos_w)
+        b, heads = q.shape[:2]
+        row_bytes = b * heads * w * h * w * q.element_size()
+        rows = max(1, min(h, BIAS_CHUNK_BYTES // row_bytes))
+        outs = []
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            q_rows = q[:, :, r0 * w:r1 * w]
+            bias = decomposed_rel_pos_bias(q_rows, table_h[r0:r1], table_w, (r1 - r0, w), (h, w))
+            outs.append(F.scaled_dot_product_attention(q_rows, k, v, attn_mask=bias))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
 
 class Block(nn.Module):

@@ -1,0 +1,195 @@
+"""Reading official checkpoints safely and checking them against our modules.
+
+Every failure is a :class:`CheckpointError` whose message names the file, what was found and
+what was expected: a truncated download, a file that is not a checkpoint, a checkpoint of
+another model family, or a state_dict whose keys or shapes do not fit the chosen config.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: Model families we can tell apart from the checkpoint layout.
+FAMILY_SAM1 = "sam1"
+FAMILY_SAM2 = "sam2"
+FAMILY_FOCSAM = "focsam"
+FAMILY_UNKNOWN = "unknown"
+
+_FAMILY_DESCRIPTIONS = {
+    FAMILY_SAM1: "a SAM 1 (segment-anything) state_dict with image_encoder./prompt_encoder./"
+                 "mask_decoder. keys",
+    FAMILY_SAM2: "a SAM 2 checkpoint ({'model': state_dict} with image_encoder.trunk. keys)",
+    FAMILY_FOCSAM: "a FocSAM mmengine checkpoint (state_dict with backbone./neck./decode_head./"
+                   "refine_head. keys)",
+    FAMILY_UNKNOWN: "a file of no known model family",
+}
+
+_MAX_LISTED_KEYS = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used for the requested model."""
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.pth`` / ``.pt`` file.
+
+    Returns
+    -------
+    object
+        Whatever the file holds (a state_dict, or a dict around one).
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    CheckpointError
+        Empty, truncated or corrupt file, not a PyTorch file, or a file holding pickled
+        Python objects other than tensors and containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download?")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects besides tensors, which are not loaded for "
+                "safety. An mmengine (FocSAM) checkpoint needs the FocSAM loader."
+            ) from exc
+        raise CheckpointError(f"{path} ({size} bytes) is not a PyTorch checkpoint: {exc}") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path} ({size} bytes) is not a readable PyTorch checkpoint (truncated or corrupt "
+            f"download?): {exc}"
+        ) from exc
+
+
+def _tensor_keys(obj: Any) -> list[str]:
+    if isinstance(obj, Mapping):
+        return [k for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)]
+    return []
+
+
+def detect_family(obj: Any) -> str:
+    """Tell which model family a loaded checkpoint belongs to.
+
+    Parameters
+    ----------
+    obj : object
+        The result of :func:`read_checkpoint`.
+
+    Returns
+    -------
+    str
+        One of ``"sam1"``, ``"sam2"``, ``"focsam"``, ``"unknown"``.
+    """
+    if isinstance(obj, Mapping):
+        inner = obj.get("model")
+        if isinstance(inner, Mapping) and any(
+            k.startswith("image_encoder.trunk.") for k in _tensor_keys(inner)
+        ):
+            return FAMILY_SAM2
+        inner = obj.get("state_dict")
+        if isinstance(inner, Mapping):
+            keys = _tensor_keys(inner)
+            if any(k.startswith("backbone.") for k in keys) and any(
+                k.startswith(("decode_head.", "refine_head.")) for k in keys
+            ):
+                return FAMILY_FOCSAM
+        keys = _tensor_keys(obj)
+        if any(k.startswith("image_encoder.trunk.") for k in keys):
+            return FAMILY_SAM2
+        if all(any(k.startswith(p) for k in keys)
+               for p in ("image_encoder.blocks.", "prompt_encoder.", "mask_decoder.")):
+            return FAMILY_SAM1
+    return FAMILY_UNKNOWN
+
+
+def expect_family(obj: Any, family: str, path: str | Path) -> None:
+    """Raise :class:`CheckpointError` unless ``obj`` is a checkpoint of ``family``.
+
+    Parameters
+    ----------
+    obj : object
+        Loaded checkpoint.
+    family : str
+        Expected family.
+    path : str or Path
+        File name used in the message.
+    """
+    found = detect_family(obj)
+    if found != family:
+        raise CheckpointError(
+            f"{path} is {_FAMILY_DESCRIPTIONS[found]}; expected {_FAMILY_DESCRIPTIONS[family]}."
+        )
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED_KEYS])
+    more = len(keys) - _MAX_LISTED_KEYS
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                     source: str = "checkpoint") -> None:
+    """Check that every key and shape of ``state_dict`` fits ``model`` exactly.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Target module.
+    state_dict : mapping of str to torch.Tensor
+        Parameters and persistent buffers to load.
+    source : str
+        What to call the state_dict in the message (usually the file name).
+
+    Raises
+    ------
+    CheckpointError
+        Listing missing keys, unexpected keys and shape mismatches (key, file shape, model shape).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
+
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                 source: str = "checkpoint") -> nn.Module:
+    """:func:`check_state_dict`, then load strictly; returns ``model``."""
+    check_state_dict(model, state_dict, source)
+    model.load_state_dict(dict(state_dict), strict=True)
+    return model
