@@ -35,6 +35,8 @@ _FAMILY_DESCRIPTIONS = {
 }
 
 _MAX_LISTED_KEYS = 8
+#: torch.save writes a zip archive ("PK\x03\x04"); legacy files are pickles (protocol >= 2).
+_TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
 
 
 class CheckpointError(ValueError):
@@ -68,6 +70,13 @@ def read_checkpoint(path: str | Path) -> Any:
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download?")
+    with path.open("rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGICS):
+        raise CheckpointError(
+            f"{path} ({size} bytes) is not a PyTorch checkpoint: it starts with {head!r}, not a zip "
+            "archive or a pickle (an error page saved instead of the file?)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -1,0 +1,288 @@
+"""Interactive SAM predictor: encode an image once, then predict masks from napari prompts.
+
+Prompts are napari's ``(row, col)`` in original pixels; masks and logits come back at the
+original image size. The image encoder runs under autocast in the chosen precision (see
+:mod:`napari_focsam.engine.precision`); the prompt encoder and mask decoder always run in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .image import to_rgb_uint8
+from .precision import autocast_context, fp32_context, resolve_device, resolve_encoder_dtype
+from .prompts import validate_prompts
+from .transforms import (
+    box_rc_to_model_xyxy,
+    longest_side_shape,
+    rc_to_model_xy,
+    resize_longest_side,
+)
+
+__all__ = ["PredictorStateError", "SamPrediction", "SamPredictor"]
+
+logger = logging.getLogger(__name__)
+
+#: Logits above this are inside the mask (the official ``Sam.mask_threshold``).
+MASK_THRESHOLD = 0.0
+
+
+class PredictorStateError(RuntimeError):
+    """The predictor was asked to predict before an image (or its features) was set."""
+
+
+@dataclass(frozen=True)
+class SamPrediction:
+    """Result of one `SamPredictor.predict` call; ``K`` is 3 in multimask mode, else 1.
+
+    Attributes
+    ----------
+    masks : np.ndarray
+        ``(K, H, W)`` bool at the original image size.
+    scores : np.ndarray
+        ``(K,)`` float32 predicted IoU of each mask.
+    low_res_logits : np.ndarray
+        ``(K, 4E, 4E)`` float32 (256 x 256 for SAM); ``low_res_logits[k]`` can be passed back
+        as ``mask_input`` of the next prediction.
+    logits : np.ndarray
+        ``(K, H, W)`` float32 logits at the original image size (``masks == logits > 0``).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    low_res_logits: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def best(self) -> int:
+        """Index of the mask with the highest predicted IoU."""
+        return int(np.argmax(self.scores))
+
+
+class SamPredictor:
+    """Encode one 2D image with a SAM model and predict masks for prompts on it.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A SAM model (``napari_focsam.models.sam.SamModel`` interface: ``config``,
+        ``preprocess``, ``image_encoder``, ``decode``, ``postprocess_masks``). It is moved to
+        `device` and put in eval mode.
+    device : str or torch.device
+        ``"auto"`` or a torch device (see `resolve_device`).
+    encoder_dtype : str or torch.dtype
+        Image-encoder precision, ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (see
+        `resolve_encoder_dtype`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = "auto",
+        encoder_dtype: str | torch.dtype = "auto",
+    ) -> None:
+        self.device = resolve_device(device)
+        self.encoder_dtype = resolve_encoder_dtype(self.device, encoder_dtype)
+        self.model = model.to(self.device).eval()
+        self._features: torch.Tensor | None = None
+        self._original_size: tuple[int, int] | None = None
+        self._input_size: tuple[int, int] | None = None
+        logger.info("SAM predictor on %s, encoder in %s", self.device, self.encoder_dtype)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input (1024 for SAM)."""
+        return int(self.model.config.image_size)
+
+    @property
+    def mask_input_size(self) -> int:
+        """Side of the low-resolution mask logits (256 for SAM)."""
+        return int(self.model.config.mask_input_size)
+
+    @property
+    def is_image_set(self) -> bool:
+        """Whether an image (or precomputed features) is set."""
+        return self._features is not None
+
+    @property
+    def original_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the current image, or None."""
+        return self._original_size
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """``(h, w)`` of the current image resized to the model's longest side, or None."""
+        return self._input_size
+
+    @property
+    def features(self) -> torch.Tensor:
+        """``(1, C, E, E)`` float32 image embeddings of the current image."""
+        self._require_image()
+        assert self._features is not None
+        return self._features
+
+    def reset_image(self) -> None:
+        """Forget the current image and its features."""
+        self._features = None
+        self._original_size = None
+        self._input_size = None
+
+    def _require_image(self) -> None:
+        if self._features is None:
+            raise PredictorStateError(
+                "no image is set: call set_image(image) (or set_features(...)) before predict()."
+            )
+
+    # ------------------------------------------------------------------ image
+    @torch.no_grad()
+    def set_image(self, image: np.ndarray, *, channel_axis: int | None = None) -> None:
+        """Compute and keep the image embeddings of one 2D image.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            ``(H, W)`` or ``(H, W, C)`` (or with the channel axis at `channel_axis`), any dtype
+            accepted by `napari_focsam.engine.image.to_rgb_uint8`.
+        channel_axis : int or None
+            Channel axis of a 3D `image`; None means the last one.
+        """
+        self.reset_image()
+        rgb = to_rgb_uint8(image, channel_axis=channel_axis)  # (H, W, 3) uint8
+        resized = resize_longest_side(rgb, self.image_size)  # (h, w, 3) uint8
+        x = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device)
+        x = x.permute(2, 0, 1)[None].float()  # (1, 3, h, w) 0..255
+        start = time.perf_counter()
+        x = self.model.preprocess(x)  # (1, 3, S, S)
+        with autocast_context(self.device, self.encoder_dtype):
+            features = self.model.image_encoder(x)  # (1, C, E, E)
+        self._features = features.float()
+        self._original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
+        self._input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        logger.debug(
+            "encoded %s image in %.3f s (%s)",
+            self._original_size, time.perf_counter() - start, self.encoder_dtype,
+        )
+
+    def set_features(
+        self,
+        features: torch.Tensor | np.ndarray,
+        original_size: tuple[int, int],
+        input_size: tuple[int, int],
+    ) -> None:
+        """Use precomputed image embeddings (e.g. from the embedding cache).
+
+        Parameters
+        ----------
+        features : torch.Tensor or np.ndarray
+            ``(1, C, E, E)`` or ``(C, E, E)`` embeddings of the model's encoder.
+        original_size : tuple of int
+            ``(H, W)`` of the original image.
+        input_size : tuple of int
+            ``(h, w)`` of the image resized to the model's longest side; must equal
+            ``longest_side_shape(H, W, image_size)``.
+        """
+        feats = torch.as_tensor(features)
+        if feats.ndim == 3:
+            feats = feats[None]
+        grid = int(self.model.config.image_embedding_size)
+        if feats.ndim != 4 or feats.shape[0] != 1 or tuple(feats.shape[-2:]) != (grid, grid):
+            raise ValueError(
+                f"features must have shape (1, C, {grid}, {grid}) for this model, got "
+                f"{tuple(torch.as_tensor(features).shape)}."
+            )
+        if not feats.is_floating_point():
+            raise TypeError(f"features must be floating point, got {feats.dtype}.")
+        original = (int(original_size[0]), int(original_size[1]))
+        expected = longest_side_shape(*original, self.image_size)
+        given = (int(input_size[0]), int(input_size[1]))
+        if given != expected:
+            raise ValueError(
+                f"input_size {given} does not match original_size {original}: resizing the "
+                f"longest side to {self.image_size} gives {expected}."
+            )
+        self._features = feats.to(self.device, torch.float32)
+        self._original_size = original
+        self._input_size = given
+
+    # ------------------------------------------------------------------ prompts
+    @torch.no_grad()
+    def predict(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask: bool = True,
+    ) -> SamPrediction:
+        """Predict masks on the current image.
+
+        Parameters
+        ----------
+        points : array-like or None
+            ``(N, 2)`` (row, col) in original pixels.
+        labels : array-like or None
+            ``(N,)`` 1 positive / 0 negative.
+        box : array-like or None
+            ``(4,)`` (row0, col0, row1, col1) in original pixels.
+        mask_input : array-like or None
+            ``(4E, 4E)`` or ``(1, 4E, 4E)`` logits, e.g. ``previous.low_res_logits[k]``.
+        multimask : bool
+            Return three candidate masks instead of one.
+
+        Returns
+        -------
+        SamPrediction
+
+        Raises
+        ------
+        PredictorStateError
+            No image set.
+        napari_focsam.engine.prompts.PromptError
+            Missing or invalid prompts.
+        """
+        self._require_image()
+        assert self._original_size is not None and self._input_size is not None
+        size = self.mask_input_size
+        prompts = validate_prompts(
+            points, labels, box, mask_input,
+            image_hw=self._original_size, mask_input_hw=(size, size),
+        )
+        coords = labels_t = boxes = mask = None
+        if prompts.points is not None:
+            xy = rc_to_model_xy(prompts.points, self._original_size, self.image_size)
+            coords = torch.from_numpy(xy).to(self.device)[None]  # (1, N, 2)
+            labels_t = torch.from_numpy(prompts.labels).to(self.device)[None]  # (1, N)
+        if prompts.box is not None:
+            xyxy = box_rc_to_model_xyxy(prompts.box, self._original_size, self.image_size)
+            boxes = torch.from_numpy(xyxy).to(self.device)[None]  # (1, 4)
+        if prompts.mask_input is not None:
+            mask = torch.from_numpy(prompts.mask_input).to(self.device)[None]  # (1, 1, M, M)
+
+        with fp32_context(self.device):  # the decoder always runs in fp32
+            out = self.model.decode(
+                self._features,
+                point_coords=coords,
+                point_labels=labels_t,
+                boxes=boxes,
+                mask_input=mask,
+                multimask=multimask,
+            )
+            low_res = out.low_res_logits.float()  # (1, K, M, M)
+            logits = self.model.postprocess_masks(
+                low_res, input_size=self._input_size, original_size=self._original_size
+            )  # (1, K, H, W)
+        logits_np = logits[0].cpu().numpy().astype(np.float32, copy=False)
+        return SamPrediction(
+            masks=logits_np > MASK_THRESHOLD,
+            scores=out.iou_predictions[0].float().cpu().numpy(),
+            low_res_logits=low_res[0].cpu().numpy(),
+            logits=logits_np,
+        )
