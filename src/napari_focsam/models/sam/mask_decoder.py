@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..common import MLP, LayerNorm2d
@@ -97,20 +98,75 @@ class MaskDecoder(nn.Module):
 
         src = image_embeddings.expand(b, -1, -1, -1) + dense_prompt_embeddings
         pos = image_pe.expand(b, -1, -1, -1)
-        _, c, h, w = src.shape
+        _, c, h, w = src.shape  # E x E grid
 
         hs, src = self.transformer(src, pos, tokens)
         iou_token_out = hs[:, 0]
         mask_tokens_out = hs[:, 1:1 + self.num_mask_tokens]
 
-        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
         hyper = torch.stack(
             [mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.output_hypernetworks_mlps)],
             dim=1,
         )  # B x M x C/8
-        _, c_up, h_up, w_up = upscaled.shape
-        masks = (hyper @ upscaled.reshape(b, c_up, h_up * w_up)).reshape(b, -1, h_up, w_up)
+        masks = upscale_and_project(src.reshape(b, h, w, c), self.output_upscaling, hyper)
         iou = self.iou_prediction_head(iou_token_out)
 
         chosen = slice(1, None) if multimask_output else slice(0, 1)
         return MaskDecoderOutput(masks[:, chosen], iou[:, chosen], mask_tokens_out)
+
+
+def _conv_transpose_2x2_channels_last(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A kernel-2, stride-2 transposed convolution as one matmul, channels last.
+
+    The kernel windows do not overlap, so each input pixel produces its own 2 x 2 output block.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``B x H x W x Cin``.
+    conv : nn.ConvTranspose2d
+        Weight ``Cin x Cout x 2 x 2`` and bias ``Cout``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``B x H x W x 2 x 2 x Cout``: output pixel ``(2i + di, 2j + dj)`` at ``[:, i, j, di, dj]``.
+    """
+    cin, cout = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # Cin x (di, dj, Cout)
+    y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
+    return y.view(*x.shape[:3], 2, 2, cout)
+
+
+def upscale_and_project(tokens: torch.Tensor, upscaling: nn.Sequential,
+                        hyper: torch.Tensor) -> torch.Tensor:
+    """SAM's 4x mask upscaling followed by the hypernetwork dot products.
+
+    Equivalent to ``hyper @ upscaling(tokens as B x C x H x W)`` with ``upscaling`` =
+    ConvTranspose2d(2, 2) -> LayerNorm2d -> GELU -> ConvTranspose2d(2, 2) -> GELU, computed
+    channels-last so that no large tensor is transposed.
+
+    Parameters
+    ----------
+    tokens : torch.Tensor
+        ``B x H x W x C`` image tokens out of the two-way transformer.
+    upscaling : nn.Sequential
+        The decoder's ``output_upscaling`` (indices 0, 1, 3 hold parameters).
+    hyper : torch.Tensor
+        ``B x M x C/8`` hypernetwork outputs, one per mask token.
+
+    Returns
+    -------
+    torch.Tensor
+        ``B x M x 4H x 4W`` mask logits.
+    """
+    b, h, w, _ = tokens.shape
+    up1, norm1, act1, up2, act2 = upscaling
+    x = _conv_transpose_2x2_channels_last(tokens, up1)  # B x H x W x 2 x 2 x C1
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, -1)  # B x 2H x 2W x C1
+    x = act1(F.layer_norm(x, x.shape[-1:], norm1.weight, norm1.bias, norm1.eps))
+    x = act2(_conv_transpose_2x2_channels_last(x, up2))  # B x 2H x 2W x 2 x 2 x C2
+    m = hyper.shape[1]
+    logits = x.reshape(b, -1, x.shape[-1]) @ hyper.transpose(1, 2)  # B x (2H 2W 2 2) x M
+    logits = logits.view(b, 2 * h, 2 * w, 2, 2, m).permute(0, 5, 1, 3, 2, 4)
+    return logits.reshape(b, m, 4 * h, 4 * w)

@@ -130,8 +130,9 @@ class TwoWayTransformer(nn.Module):
         keys : torch.Tensor
             ``B x HW x C`` processed image tokens.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        # B x C x H x W -> B x HW x C, contiguous for the linear layers
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()
         queries = point_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, key_pe)

@@ -1,0 +1,82 @@
+"""The ``napari-focsam`` command line.
+
+Subcommands
+-----------
+bench sam
+    Image-encoder time (fp32 / bf16), click latency and peak RSS of a SAM model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+logger = logging.getLogger("napari_focsam")
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="run a benchmark and print its figures")
+    targets = bench.add_subparsers(dest="target", required=True)
+    sam = targets.add_parser("sam", help="SAM encoder time, click latency, peak RSS")
+    sam.add_argument("--model", default="sam_vit_b",
+                     help="SAM config (default sam_vit_b; sam_test_tiny for a quick check)")
+    sam.add_argument("--dtypes", default="fp32,bf16",
+                     help="comma-separated encoder precisions (default fp32,bf16)")
+    sam.add_argument("--repeats", type=int, default=3, help="timed runs after a warm-up")
+    sam.add_argument("--image-size", type=int, nargs=2, default=(1024, 1024),
+                     metavar=("H", "W"), help="image size masks are produced at")
+    sam.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    sam.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sam.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``napari-focsam``."""
+    parser = argparse.ArgumentParser(prog="napari-focsam", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"napari-focsam {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_bench_parser(sub)
+    return parser
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .benchmarks.sam import format_sam_table, run_sam_benchmark
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
+    result = run_sam_benchmark(model=args.model, dtypes=dtypes, repeats=args.repeats,
+                               image_hw=tuple(args.image_size), device=args.device)
+    sys.stdout.write(format_sam_table(result) + "\n")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        sys.stdout.write(f"figures written to {args.json}\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "bench":
+            return _run_bench(args)
+    except (KeyError, ValueError) as exc:
+        sys.stderr.write(f"napari-focsam: error: {exc}\n")
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The fast paths of the SAM layers equal their straightforward formulations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from napari_focsam.models.sam import SAM_CONFIGS, build_sam
+from napari_focsam.models.sam.image_encoder import (
+    _attend_bmm,
+    _attend_sdpa,
+    decomposed_rel_pos_bias,
+    pad_grid,
+    relative_position_table,
+    window_partition,
+    window_unpartition,
+)
+from napari_focsam.models.sam.mask_decoder import upscale_and_project
+
+
+@pytest.mark.parametrize("hw, window", [((64, 64), 14), ((9, 7), 4), ((8, 8), 4)])
+def test_window_partition_roundtrip(hw, window):
+    x = torch.randn(2, *hw, 5)
+    windows, padded = window_partition(x, window)
+    assert windows.shape[1:] == (window, window, 5)
+    assert padded[0] % window == 0 and padded[1] % window == 0
+    back = window_unpartition(windows, window, padded, hw)
+    assert torch.equal(back, x)
+    assert back.is_contiguous()
+
+
+def test_pad_grid_uses_the_fill_token():
+    x = torch.randn(1, 5, 6, 3)
+    fill = torch.tensor([1.0, 2.0, 3.0])
+    out = pad_grid(x, 4, fill)
+    assert out.shape == (1, 8, 8, 3)
+    assert torch.equal(out[:, :5, :6], x)
+    assert torch.equal(out[0, 7, 0], fill) and torch.equal(out[0, 0, 7], fill)
+    assert pad_grid(x[:, :4, :4], 4, fill).shape == (1, 4, 4, 3)
+
+
+def _naive_rel_pos_attention(q, k, v, rel_h, rel_w, hw):
+    """Explicit formula: softmax(q k^T / sqrt(C) + <q, Rh> + <q, Rw>) v, loops over keys."""
+    h, w = hw
+    th, tw = relative_position_table(h, h, rel_h), relative_position_table(w, w, rel_w)
+    n = h * w
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    bias = torch.empty_like(scores)
+    for i in range(n):
+        for j in range(n):
+            (qi, qj), (ki, kj) = divmod(i, w), divmod(j, w)
+            bias[..., i, j] = (q[..., i, :] * (th[qi, ki] + tw[qj, kj])).sum(-1)
+    return torch.softmax(scores + bias, dim=-1) @ v
+
+
+def test_rel_pos_bias_and_both_attention_paths_match_the_formula():
+    torch.manual_seed(0)
+    h, w, c = 3, 4, 8
+    q, k, v = (torch.randn(1, 2, h * w, c, dtype=torch.float64) for _ in range(3))
+    rel_h = torch.randn(2 * h - 1, c, dtype=torch.float64)
+    rel_w = torch.randn(2 * w - 1, c, dtype=torch.float64)
+    expected = _naive_rel_pos_attention(q, k, v, rel_h, rel_w, (h, w))
+    bias = decomposed_rel_pos_bias(q, relative_position_table(h, h, rel_h),
+                                   relative_position_table(w, w, rel_w), (h, w), (h, w))
+    torch.testing.assert_close(_attend_sdpa(q, k, v, bias), expected)
+    torch.testing.assert_close(_attend_bmm(q, k, v, bias), expected)
+
+
+def test_relative_position_table_resamples_other_lengths():
+    table = torch.arange(7.0)[:, None].repeat(1, 2)  # built for size 4
+    same = relative_position_table(4, 4, table)
+    assert same.shape == (4, 4, 2)
+    assert torch.equal(same[0, 0], table[3])  # zero offset is the centre entry
+    assert relative_position_table(6, 6, table).shape == (6, 6, 2)
+
+
+def test_global_and_window_blocks_are_chunk_independent(monkeypatch):
+    """Query-row chunking of the bias changes nothing but memory."""
+    from napari_focsam.models.sam import image_encoder
+
+    torch.manual_seed(0)
+    model = build_sam(SAM_CONFIGS["sam_test_tiny"])
+    x = torch.randn(1, 3, 1024, 1024)
+    with torch.no_grad():
+        whole = model.image_encoder(x)
+        monkeypatch.setattr(image_encoder, "BIAS_CHUNK_BYTES", 1)  # one query row per chunk
+        chunked = model.image_encoder(x)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_upscale_and_project_equals_the_conv_formulation():
+    torch.manual_seed(0)
+    decoder = build_sam(SAM_CONFIGS["sam_test_tiny"]).mask_decoder
+    for p in decoder.output_upscaling.parameters():
+        p.data.normal_()
+    b, h, w, c = 2, 5, 6, 32
+    tokens = torch.randn(b, h, w, c)
+    hyper = torch.randn(b, 4, c // 8)
+    with torch.no_grad():
+        up = decoder.output_upscaling(tokens.permute(0, 3, 1, 2))  # B x C/8 x 4H x 4W
+        expected = (hyper @ up.flatten(2)).view(b, 4, 4 * h, 4 * w)
+        actual = upscale_and_project(tokens, decoder.output_upscaling, hyper)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
