@@ -83,9 +83,14 @@ def test_global_and_window_blocks_are_chunk_independent(monkeypatch):
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
         whole = model.image_encoder(x)
-        monkeypatch.setattr(image_encoder, "BIAS_CHUNK_BYTES", 1)  # one query row per chunk
+        monkeypatch.setattr(image_encoder, "SDPA_CHUNK_BYTES", 1)  # one query row per chunk
         chunked = model.image_encoder(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            whole16 = model.image_encoder(x)
+            monkeypatch.setattr(image_encoder, "BMM_CHUNK_BYTES", 1)
+            chunked16 = model.image_encoder(x)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked16, whole16)  # bf16 tolerances
 
 
 def test_upscale_and_project_equals_the_conv_formulation():
