@@ -8,25 +8,12 @@ with prompts in the official (x, y) 1024 frame. Here the prompts are turned back
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
-import pytest
 import torch
 
 from napari_focsam.engine.sam_predictor import SamPredictor
 from napari_focsam.engine.transforms import model_xy_to_rc
-
-sam = pytest.importorskip("napari_focsam.models.sam")
-
-_REPO = Path(__file__).resolve().parents[2]
-_CANDIDATES = [_REPO.parent / "shared" / "parity", _REPO / "shared" / "parity"]
-PARITY_DIR = Path(
-    os.environ.get("FOCSAM_PARITY_DIR")
-    or next((d for d in _CANDIDATES if d.is_dir()), _CANDIDATES[0])
-)
-FIXTURES = sorted(PARITY_DIR.glob("sam1_*.pt")) if PARITY_DIR.is_dir() else []
+from napari_focsam.models.sam import SamConfig, build_sam
 
 #: Logits: absolute tolerance relative to the reference magnitude (max(1, max |ref|)).
 LOGIT_ATOL = 1e-4
@@ -34,24 +21,18 @@ LOGIT_ATOL = 1e-4
 MASK_MARGIN = 1e-3
 
 
-@pytest.fixture(scope="module", params=FIXTURES, ids=[f.name for f in FIXTURES])
-def fixture_and_predictor(request):
-    data = torch.load(request.param, weights_only=True)
-    config = sam.SamConfig.from_official_kwargs(data["config"])
-    model = sam.build_sam(config)
+def _predictor_for(data: dict) -> SamPredictor:
+    """A predictor holding the fixture's model and official image embeddings.
+
+    ``data`` is the shared ``sam1_fixture`` (tests/conftest.py), one per ``sam1_*.pt`` file.
+    """
+    model = build_sam(SamConfig.from_official_kwargs(data["config"]))
     model.load_state_dict(data["state_dict"])
     predictor = SamPredictor(model.eval(), device="cpu", encoder_dtype="fp32")
     orig_hw = tuple(int(v) for v in data["orig_hw"])
     image_hw = tuple(int(v) for v in data["image_hw"])
     predictor.set_features(data["image_embeddings"], original_size=orig_hw, input_size=image_hw)
-    return data, predictor
-
-
-def _case_ids() -> list[str]:
-    if not FIXTURES:
-        return []
-    cases = torch.load(FIXTURES[0], weights_only=True)["cases"]
-    return [f"{c['name']}-{'multi' if c['multimask'] else 'single'}" for c in cases]
+    return predictor
 
 
 def _prompts_in_napari_pixels(case: dict, orig_hw: tuple[int, int], size: int) -> dict:
@@ -71,10 +52,8 @@ def _prompts_in_napari_pixels(case: dict, orig_hw: tuple[int, int], size: int) -
     return kwargs
 
 
-@pytest.mark.parity
-@pytest.mark.skipif(not FIXTURES, reason=f"no sam1_*.pt parity fixture in {PARITY_DIR}")
-def test_predictor_parity_with_official_fixture(fixture_and_predictor):
-    data, predictor = fixture_and_predictor
+def test_predictor_parity_with_official_fixture(sam1_fixture):
+    data, predictor = sam1_fixture, _predictor_for(sam1_fixture)
     orig_hw = predictor.original_size
     checked_masks = 0
     for case in data["cases"]:
@@ -101,12 +80,10 @@ def test_predictor_parity_with_official_fixture(fixture_and_predictor):
     assert checked_masks > 0, "the fixture has no case with masks at the original size"
 
 
-@pytest.mark.parity
-@pytest.mark.skipif(not FIXTURES, reason=f"no sam1_*.pt parity fixture in {PARITY_DIR}")
-def test_set_image_parity_with_official_embeddings(fixture_and_predictor):
+def test_set_image_parity_with_official_embeddings(sam1_fixture):
     """set_image on the official resized image (resizing is then the identity) gives the
     official embeddings: same channel order, value range, normalisation and padding."""
-    data, predictor = fixture_and_predictor
+    data, predictor = sam1_fixture, _predictor_for(sam1_fixture)
     image = data["image_resized"].permute(1, 2, 0).numpy()  # (h, w, 3) uint8, long side 1024
     other = SamPredictor(predictor.model, device="cpu", encoder_dtype="fp32")
     other.set_image(image)
@@ -116,11 +93,9 @@ def test_set_image_parity_with_official_embeddings(fixture_and_predictor):
     torch.testing.assert_close(other.features, ref, rtol=0, atol=atol)
 
 
-@pytest.mark.parity
-@pytest.mark.skipif(not FIXTURES, reason=f"no sam1_*.pt parity fixture in {PARITY_DIR}")
-def test_parity_fixture_prompts_round_trip_to_the_official_frame(fixture_and_predictor):
+def test_parity_fixture_prompts_round_trip_to_the_official_frame(sam1_fixture):
     """The (x, y) -> (row, col) -> (x, y) conversion used above is lossless in float32."""
-    data, predictor = fixture_and_predictor
+    data, predictor = sam1_fixture, _predictor_for(sam1_fixture)
     from napari_focsam.engine.transforms import rc_to_model_xy
 
     for case in data["cases"]:
