@@ -1,0 +1,25 @@
+"""FocSAM (refocusing SAM): SAM plus the FocusRefiner, in plain PyTorch."""
+
+from .config import FOCSAM_CONFIGS, FocSamConfig, FocusRefinerConfig
+from .deform_conv import DeformLayer, ModulatedDeformConv3x3, modulated_deform_conv3x3
+from .focus import box_grid_mask, box_mask, expand_bbox, focus_box, mask_bbox
+from .keys import focsam_to_sam_state_dict, refiner_state_dict
+from .refiner import FocusRefiner, RefineBlock
+
+__all__ = [
+    "FOCSAM_CONFIGS",
+    "DeformLayer",
+    "FocSamConfig",
+    "FocusRefiner",
+    "FocusRefinerConfig",
+    "ModulatedDeformConv3x3",
+    "RefineBlock",
+    "box_grid_mask",
+    "box_mask",
+    "expand_bbox",
+    "focsam_to_sam_state_dict",
+    "focus_box",
+    "mask_bbox",
+    "modulated_deform_conv3x3",
+    "refiner_state_dict",
+]
