@@ -87,3 +87,15 @@ class MLP(nn.Module):
             if i < last:
                 x = F.relu(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``B x N x C`` -> ``B x heads x N x C/heads``."""
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """``B x heads x N x Ch`` -> ``B x N x (heads * Ch)``; inverse of :func:`split_heads`."""
+    b, _, n, _ = x.shape
+    return x.transpose(1, 2).reshape(b, n, -1)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common import merge_heads, split_heads
 from .deform_conv import DeformLayer
 
 
@@ -32,18 +33,15 @@ class ZeroKeyAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, embed_dim)
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``B x Nq x C``, ``B x Nk x C``, ``B x Nk x C`` -> ``B x Nq x C``."""
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        heads = self.num_heads
+        q, k, v = (split_heads(p(t), heads) for p, t in ((self.q_proj, q), (self.k_proj, k),
+                                                          (self.v_proj, v)))
         k = F.pad(k, (0, 0, 0, 1))  # B x heads x (Nk + 1) x Ch, last key all zero
         v = F.pad(v, (0, 0, 0, 1))
         out = F.scaled_dot_product_attention(q, k, v)  # B x heads x Nq x Ch
-        b, _, n, _ = out.shape
-        return self.proj(out.transpose(1, 2).reshape(b, n, -1))
+        return self.proj(merge_heads(out))
 
 
 class CrossAttentionBlock(nn.Module):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import MLPBlock
+from ..common import MLPBlock, merge_heads, split_heads
 
 
 class Attention(nn.Module):
@@ -35,16 +35,13 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(kv_dim, internal)
         self.out_proj = nn.Linear(internal, embedding_dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        return x.reshape(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
-
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``B x Nq x C``, ``B x Nk x Ckv``, ``B x Nk x Ckv`` -> ``B x Nq x C``."""
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        heads = self.num_heads
+        q, k, v = (split_heads(p(t), heads) for p, t in ((self.q_proj, q), (self.k_proj, k),
+                                                          (self.v_proj, v)))
         out = F.scaled_dot_product_attention(q, k, v)  # B x heads x Nq x Ch
-        b, _, n, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        return self.out_proj(merge_heads(out))
 
 
 class TwoWayAttentionBlock(nn.Module):
