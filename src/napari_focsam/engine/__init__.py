@@ -4,9 +4,12 @@
 - :mod:`.transforms` -- longest-side resizing and napari (row, col) to model (x, y) mapping,
 - :mod:`.prompts` -- validation of points, labels, boxes and mask inputs,
 - :mod:`.precision` -- device choice and encoder precision (bf16 where the CPU has it),
-- :mod:`.sam_predictor` -- the interactive SAM predictor.
+- :mod:`.sam_predictor` -- the interactive SAM predictor,
+- :mod:`.focsam_predictor` -- the FocSAM predictor (SAM's API plus per-object refinement),
+- :mod:`.session` -- click sessions: one object's clicks, undo and edits.
 """
 
+from .focsam_predictor import FocSamPredictor
 from .image import ImageError, to_rgb_uint8
 from .precision import (
     DeviceError,
@@ -19,6 +22,7 @@ from .precision import (
 )
 from .prompts import PromptError, Prompts, validate_prompts
 from .sam_predictor import PredictorStateError, SamPrediction, SamPredictor
+from .session import Click, ClickSession, SessionStep, StaleSessionError
 from .transforms import (
     box_rc_to_model_xyxy,
     longest_side_shape,
@@ -28,6 +32,11 @@ from .transforms import (
 )
 
 __all__ = [
+    "Click",
+    "ClickSession",
+    "FocSamPredictor",
+    "SessionStep",
+    "StaleSessionError",
     "DeviceError",
     "DtypeError",
     "ImageError",

@@ -10,20 +10,25 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..models.sam.mask_decoder import MaskDecoderOutput
 from .image import to_rgb_uint8
 from .precision import autocast_context, fp32_context, resolve_device, resolve_encoder_dtype
-from .prompts import validate_prompts
+from .prompts import Prompts, validate_prompts
 from .transforms import (
     box_rc_to_model_xyxy,
     longest_side_shape,
     rc_to_model_xy,
     resize_longest_side,
 )
+
+if TYPE_CHECKING:
+    from .session import ClickSession
 
 __all__ = ["PredictorStateError", "SamPrediction", "SamPredictor"]
 
@@ -94,18 +99,30 @@ class SamPredictor:
         self._features: torch.Tensor | None = None
         self._original_size: tuple[int, int] | None = None
         self._input_size: tuple[int, int] | None = None
-        logger.info("SAM predictor on %s, encoder in %s", self.device, self.encoder_dtype)
+        #: Bumped whenever the image changes, so click sessions notice a stale image.
+        self._image_generation = 0
+        logger.info("%s on %s, encoder in %s", type(self).__name__, self.device, self.encoder_dtype)
 
     # ------------------------------------------------------------------ state
     @property
+    def sam(self) -> nn.Module:
+        """The SAM part of the model (image encoder, prompt encoder, mask decoder)."""
+        return self.model
+
+    @property
     def image_size(self) -> int:
         """Side of the square model input (1024 for SAM)."""
-        return int(self.model.config.image_size)
+        return int(self.sam.config.image_size)
 
     @property
     def mask_input_size(self) -> int:
         """Side of the low-resolution mask logits (256 for SAM)."""
-        return int(self.model.config.mask_input_size)
+        return int(self.sam.config.mask_input_size)
+
+    @property
+    def refine_start_step(self) -> int | None:
+        """Click index at which a click session refines the embeddings (None: never)."""
+        return None
 
     @property
     def is_image_set(self) -> bool:
@@ -134,6 +151,7 @@ class SamPredictor:
         self._features = None
         self._original_size = None
         self._input_size = None
+        self._image_generation += 1
 
     def _require_image(self) -> None:
         if self._features is None:
@@ -156,20 +174,41 @@ class SamPredictor:
         """
         self.reset_image()
         rgb = to_rgb_uint8(image, channel_axis=channel_axis)  # (H, W, 3) uint8
-        resized = resize_longest_side(rgb, self.image_size)  # (h, w, 3) uint8
-        x = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device)
-        x = x.permute(2, 0, 1)[None].float()  # (1, 3, h, w) 0..255
         start = time.perf_counter()
-        x = self.model.preprocess(x)  # (1, 3, S, S)
+        x, input_size = self._model_input(rgb)  # (1, 3, S, S), (h, w)
         with autocast_context(self.device, self.encoder_dtype):
-            features = self.model.image_encoder(x)  # (1, C, E, E)
+            features = self.sam.image_encoder(x)  # (1, C, E, E)
         self._features = features.float()
         self._original_size = (int(rgb.shape[0]), int(rgb.shape[1]))
-        self._input_size = (int(resized.shape[0]), int(resized.shape[1]))
+        self._input_size = input_size
         logger.debug(
             "encoded %s image in %.3f s (%s)",
             self._original_size, time.perf_counter() - start, self.encoder_dtype,
         )
+
+    def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The encoder input of an RGB image.
+
+        Parameters
+        ----------
+        rgb : np.ndarray
+            ``(H, W, 3)`` uint8.
+
+        Returns
+        -------
+        x : torch.Tensor
+            ``(1, 3, S, S)`` normalised, padded model input on `device`.
+        input_size : tuple of int
+            ``(h, w)`` of the image inside the padded input.
+        """
+        resized = resize_longest_side(rgb, self.image_size)  # (h, w, 3) uint8
+        x = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device)
+        x = x.permute(2, 0, 1)[None].float()  # (1, 3, h, w) 0..255
+        return self.sam.preprocess(x), (int(resized.shape[0]), int(resized.shape[1]))
+
+    def expected_input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` the image of `original_size` occupies inside the model input."""
+        return longest_side_shape(int(original_size[0]), int(original_size[1]), self.image_size)
 
     def set_features(
         self,
@@ -186,13 +225,13 @@ class SamPredictor:
         original_size : tuple of int
             ``(H, W)`` of the original image.
         input_size : tuple of int
-            ``(h, w)`` of the image resized to the model's longest side; must equal
-            ``longest_side_shape(H, W, image_size)``.
+            ``(h, w)`` of the image inside the model input; must equal
+            ``expected_input_size(original_size)``.
         """
         feats = torch.as_tensor(features)
         if feats.ndim == 3:
             feats = feats[None]
-        grid = int(self.model.config.image_embedding_size)
+        grid = int(self.sam.config.image_embedding_size)
         if feats.ndim != 4 or feats.shape[0] != 1 or tuple(feats.shape[-2:]) != (grid, grid):
             raise ValueError(
                 f"features must have shape (1, C, {grid}, {grid}) for this model, got "
@@ -201,13 +240,14 @@ class SamPredictor:
         if not feats.is_floating_point():
             raise TypeError(f"features must be floating point, got {feats.dtype}.")
         original = (int(original_size[0]), int(original_size[1]))
-        expected = longest_side_shape(*original, self.image_size)
+        expected = self.expected_input_size(original)
         given = (int(input_size[0]), int(input_size[1]))
         if given != expected:
             raise ValueError(
-                f"input_size {given} does not match original_size {original}: resizing the "
-                f"longest side to {self.image_size} gives {expected}."
+                f"input_size {given} does not match original_size {original}: this model's "
+                f"preprocessing gives {expected}."
             )
+        self.reset_image()
         self._features = feats.to(self.device, torch.float32)
         self._original_size = original
         self._input_size = given
@@ -248,41 +288,198 @@ class SamPredictor:
         napari_focsam.engine.prompts.PromptError
             Missing or invalid prompts.
         """
+        prompts = self.validate(points, labels, box, mask_input)
+        return self.decode(prompts, multimask=multimask)
+
+    def validate(
+        self,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+    ) -> Prompts:
+        """Check prompts against the current image (see `predict` for the arguments).
+
+        Returns
+        -------
+        Prompts
+            The canonical prompts.
+
+        Raises
+        ------
+        PredictorStateError
+            No image set.
+        napari_focsam.engine.prompts.PromptError
+            Missing or invalid prompts.
+        """
         self._require_image()
-        assert self._original_size is not None and self._input_size is not None
+        assert self._original_size is not None
         size = self.mask_input_size
-        prompts = validate_prompts(
+        return validate_prompts(
             points, labels, box, mask_input,
             image_hw=self._original_size, mask_input_hw=(size, size),
         )
+
+    def start_session(self, box: np.ndarray | None = None) -> ClickSession:
+        """Start the click history of a new object on the current image.
+
+        Parameters
+        ----------
+        box : array-like or None
+            ``(4,)`` (row0, col0, row1, col1) sent with every click of the object.
+
+        Returns
+        -------
+        ClickSession
+        """
+        from .session import ClickSession
+
+        return ClickSession(self, box=box)
+
+    # ------------------------------------------------------------------ model frame
+    def points_to_model(self, points_rc: np.ndarray) -> np.ndarray:
+        """``(N, 2)`` (row, col) in original pixels -> ``(N, 2)`` float32 (x, y) in the model
+        input frame (before the prompt encoder's +0.5)."""
+        assert self._original_size is not None
+        return rc_to_model_xy(points_rc, self._original_size, self.image_size)
+
+    def box_to_model(self, box_rc: np.ndarray) -> np.ndarray:
+        """``(4,)`` (row0, col0, row1, col1) in original pixels -> ``(4,)`` float32
+        (x0, y0, x1, y1) in the model input frame."""
+        assert self._original_size is not None
+        return box_rc_to_model_xyxy(box_rc, self._original_size, self.image_size)
+
+    def postprocess(self, low_res_logits: torch.Tensor) -> torch.Tensor:
+        """``(1, K, 4E, 4E)`` low-resolution logits -> ``(1, K, H, W)`` logits at the original
+        image size."""
+        assert self._original_size is not None and self._input_size is not None
+        return self.sam.postprocess_masks(
+            low_res_logits, input_size=self._input_size, original_size=self._original_size
+        )
+
+    # ------------------------------------------------------------------ decoding
+    @torch.no_grad()
+    def decode(
+        self,
+        prompts: Prompts,
+        *,
+        multimask: bool,
+        embeddings: torch.Tensor | None = None,
+    ) -> SamPrediction:
+        """Decode validated prompts into masks at the original image size.
+
+        Parameters
+        ----------
+        prompts : Prompts
+            From `validate`.
+        multimask : bool
+            Three candidate masks instead of one.
+        embeddings : torch.Tensor, optional
+            ``(1, C, E, E)`` embeddings to decode on instead of the image's (e.g. FocSAM's
+            refined embeddings).
+
+        Returns
+        -------
+        SamPrediction
+        """
+        out = self.decode_raw(prompts, multimask=multimask, embeddings=embeddings)
+        return self.prediction(out.low_res_logits, out.iou_predictions)
+
+    @torch.no_grad()
+    def decode_raw(
+        self,
+        prompts: Prompts,
+        *,
+        multimask: bool,
+        embeddings: torch.Tensor | None = None,
+    ) -> MaskDecoderOutput:
+        """Prompt encoder + mask decoder, fp32, without post-processing.
+
+        Parameters
+        ----------
+        prompts : Prompts
+            From `validate`.
+        multimask : bool
+            Three candidate masks instead of one.
+        embeddings : torch.Tensor, optional
+            ``(1, C, E, E)``; the image's embeddings when None.
+
+        Returns
+        -------
+        MaskDecoderOutput
+            ``low_res_logits (1, K, 4E, 4E)``, ``iou_predictions (1, K)``, ``mask_tokens``.
+        """
+        self._require_image()
         coords = labels_t = boxes = mask = None
         if prompts.points is not None:
-            xy = rc_to_model_xy(prompts.points, self._original_size, self.image_size)
+            xy = self.points_to_model(prompts.points)
             coords = torch.from_numpy(xy).to(self.device)[None]  # (1, N, 2)
             labels_t = torch.from_numpy(prompts.labels).to(self.device)[None]  # (1, N)
         if prompts.box is not None:
-            xyxy = box_rc_to_model_xyxy(prompts.box, self._original_size, self.image_size)
-            boxes = torch.from_numpy(xyxy).to(self.device)[None]  # (1, 4)
+            boxes = torch.from_numpy(self.box_to_model(prompts.box)).to(self.device)[None]  # (1, 4)
         if prompts.mask_input is not None:
             mask = torch.from_numpy(prompts.mask_input).to(self.device)[None]  # (1, 1, M, M)
-
         with fp32_context(self.device):  # the decoder always runs in fp32
-            out = self.model.decode(
-                self._features,
+            return self.sam.decode(
+                self._features if embeddings is None else embeddings,
                 point_coords=coords,
                 point_labels=labels_t,
                 boxes=boxes,
                 mask_input=mask,
                 multimask=multimask,
             )
-            low_res = out.low_res_logits.float()  # (1, K, M, M)
-            logits = self.model.postprocess_masks(
-                low_res, input_size=self._input_size, original_size=self._original_size
-            )  # (1, K, H, W)
+
+    @torch.no_grad()
+    def prediction(self, low_res_logits: torch.Tensor, scores: torch.Tensor) -> SamPrediction:
+        """Wrap decoder outputs, upscaled to the original image, as a `SamPrediction`.
+
+        Parameters
+        ----------
+        low_res_logits : torch.Tensor
+            ``(1, K, 4E, 4E)``.
+        scores : torch.Tensor
+            ``(1, K)`` predicted IoU.
+
+        Returns
+        -------
+        SamPrediction
+        """
+        with fp32_context(self.device):
+            low_res = low_res_logits.float()
+            logits = self.postprocess(low_res)  # (1, K, H, W)
         logits_np = logits[0].cpu().numpy().astype(np.float32, copy=False)
         return SamPrediction(
             masks=logits_np > MASK_THRESHOLD,
-            scores=out.iou_predictions[0].float().cpu().numpy(),
+            scores=scores[0].float().cpu().numpy(),
             low_res_logits=low_res[0].cpu().numpy(),
             logits=logits_np,
         )
+
+    def session_step(
+        self,
+        prompts: Prompts,
+        step: int,
+        embeddings: torch.Tensor | None,
+    ) -> tuple[SamPrediction, torch.Tensor | None]:
+        """One click of the interactive protocol (used by `ClickSession`).
+
+        SAM decodes all clicks so far plus the previous step's low-resolution logits in
+        single-mask mode, always on the image's embeddings.
+
+        Parameters
+        ----------
+        prompts : Prompts
+            All clicks of the object so far, its box, and the previous logits as mask input.
+        step : int
+            0-based index of the click.
+        embeddings : torch.Tensor or None
+            Embeddings the object's previous steps used (None: the image's).
+
+        Returns
+        -------
+        prediction : SamPrediction
+            Single mask.
+        embeddings : torch.Tensor or None
+            Embeddings for the object's next steps (None: the image's).
+        """
+        return self.decode(prompts, multimask=False, embeddings=embeddings), embeddings

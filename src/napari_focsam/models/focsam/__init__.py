@@ -4,18 +4,21 @@ from .config import FOCSAM_CONFIGS, FocSamConfig, FocusRefinerConfig
 from .deform_conv import DeformLayer, ModulatedDeformConv3x3, modulated_deform_conv3x3
 from .focus import box_grid_mask, box_mask, expand_bbox, focus_box, mask_bbox
 from .keys import focsam_to_sam_state_dict, refiner_state_dict
+from .model import FocSamModel, build_focsam
 from .refiner import FocusRefiner, RefineBlock
 
 __all__ = [
     "FOCSAM_CONFIGS",
     "DeformLayer",
     "FocSamConfig",
+    "FocSamModel",
     "FocusRefiner",
     "FocusRefinerConfig",
     "ModulatedDeformConv3x3",
     "RefineBlock",
     "box_grid_mask",
     "box_mask",
+    "build_focsam",
     "expand_bbox",
     "focsam_to_sam_state_dict",
     "focus_box",
