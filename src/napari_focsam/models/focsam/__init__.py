@@ -3,7 +3,8 @@
 from .config import FOCSAM_CONFIGS, FocSamConfig, FocusRefinerConfig
 from .deform_conv import DeformLayer, ModulatedDeformConv3x3, modulated_deform_conv3x3
 from .focus import box_grid_mask, box_mask, expand_bbox, focus_box, mask_bbox
-from .keys import focsam_to_sam_state_dict, refiner_state_dict
+from .keys import focsam_to_sam_state_dict, refiner_state_dict, sam_to_focsam_state_dict
+from .loading import infer_focsam_config, load_focsam, read_focsam_checkpoint
 from .model import FocSamModel, build_focsam
 from .refiner import FocusRefiner, RefineBlock
 
@@ -22,7 +23,11 @@ __all__ = [
     "expand_bbox",
     "focsam_to_sam_state_dict",
     "focus_box",
+    "infer_focsam_config",
+    "load_focsam",
     "mask_bbox",
     "modulated_deform_conv3x3",
+    "read_focsam_checkpoint",
     "refiner_state_dict",
+    "sam_to_focsam_state_dict",
 ]
