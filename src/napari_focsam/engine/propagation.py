@@ -1,0 +1,662 @@
+"""SAM 2 propagation through a z or t stack: every object carried by its own memory bank.
+
+The stack is a video whose per-frame image features come from a `FeatureProvider` (the encoder
+runs once per frame and is cached there). Each object keeps its own outputs per frame, split
+like the official predictor into *conditioning* frames (frames with the user's prompts) and
+*non-conditioning* frames (frames the tracker produced). Prompts on a frame go through the
+model at once (no memory encoding yet); `VideoPropagator.propagate` first encodes the memory of
+newly prompted frames, then walks the frames in order and, per frame, runs all objects that
+need tracking **together** (one batch through memory attention and the heads; objects with
+different memory lengths are padded and masked, which gives the same numbers as running them
+one by one).
+
+Differences from the official ``SAM2VideoPredictor`` (all optional, see `PropagationOptions`):
+
+- **Sticky corrections** (default on): a prompted frame that was already tracked becomes a
+  conditioning frame, so later propagation keeps the correction instead of overwriting it
+  (official: ``add_all_frames_to_correct_as_cond=True``).
+- **Bounded memory** (default on): outputs that no later frame of the current pass can use are
+  dropped as the pass moves on: memory features beyond the recent-memory window and whole
+  outputs beyond the object-pointer window, in the direction of the pass. Conditioning frames
+  are always kept. Memory therefore stays flat over arbitrarily long stacks.
+- **Streaming and cancellation**: `propagate` is a generator; the state is consistent after
+  every yielded frame, so a caller may stop iterating at any time and keep what it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .holes import fill_small_holes
+
+__all__ = [
+    "NO_OBJ_SCORE",
+    "FeatureProvider",
+    "FrameOutput",
+    "FrameResult",
+    "ObjectTrack",
+    "PropagationError",
+    "PropagationOptions",
+    "VideoPropagator",
+    "apply_non_overlap",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Logit of an object that is absent (or not prompted yet) on a frame.
+NO_OBJ_SCORE = -1024.0
+#: Previous-step logits are clamped to this magnitude before they are fed back.
+PREV_LOGIT_CLAMP = 32.0
+
+
+class PropagationError(RuntimeError):
+    """A propagation request cannot be served (no prompts, unknown object, bad frame...)."""
+
+
+class FeatureProvider(Protocol):
+    """Per-frame image features of a stack, computed once and cached by the provider.
+
+    ``provider(t)`` returns the model's frame features (see
+    `napari_focsam.models.sam2.Sam2FrameFeatures`) for frame ``t``; ``len(provider)`` is the
+    number of frames.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __call__(self, frame_idx: int): ...
+
+
+@dataclass
+class FrameOutput:
+    """One object's output on one frame.
+
+    Attributes
+    ----------
+    pred_masks : torch.Tensor or None
+        ``(1, 1, 4E, 4E)`` float32 low-resolution logits (holes filled); None once dropped.
+    obj_ptr : torch.Tensor
+        ``(1, C)`` object pointer.
+    object_score_logits : torch.Tensor
+        ``(1, 1)`` object presence logit.
+    maskmem : torch.Tensor or None
+        ``(1, Cm, E, E)`` memory features (in the memory dtype); None until encoded, or once
+        dropped.
+    """
+
+    pred_masks: torch.Tensor | None
+    obj_ptr: torch.Tensor
+    object_score_logits: torch.Tensor
+    maskmem: torch.Tensor | None = None
+
+
+@dataclass
+class ObjectTrack:
+    """Everything known about one object.
+
+    Attributes
+    ----------
+    obj_id : int
+        The caller's id (the napari label value).
+    cond, non_cond : dict of int to FrameOutput
+        Conditioning / tracked outputs per frame.
+    temp_cond, temp_non_cond : dict of int to FrameOutput
+        Outputs of prompts not yet merged (their memory is encoded at the next propagation).
+    points : dict of int to tuple of torch.Tensor
+        Per frame ``(1, P, 2)`` (x, y) in the model frame and ``(1, P)`` int32 labels.
+    masks : dict of int to torch.Tensor
+        Per frame ``(1, 1, S, S)`` float 0/1 mask prompts.
+    tracked : dict of int to bool
+        Frames the object has an output on, with the direction they were tracked in.
+    """
+
+    obj_id: int
+    cond: dict[int, FrameOutput] = field(default_factory=dict)
+    non_cond: dict[int, FrameOutput] = field(default_factory=dict)
+    temp_cond: dict[int, FrameOutput] = field(default_factory=dict)
+    temp_non_cond: dict[int, FrameOutput] = field(default_factory=dict)
+    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    masks: dict[int, torch.Tensor] = field(default_factory=dict)
+    tracked: dict[int, bool] = field(default_factory=dict)
+
+    def output_on(self, frame: int, is_cond: bool) -> FrameOutput | None:
+        """The most recent output on `frame`: temporary (of the given kind), then merged."""
+        temp = self.temp_cond if is_cond else self.temp_non_cond
+        out = temp.get(frame)
+        if out is None:
+            out = self.cond.get(frame)
+        if out is None:
+            out = self.non_cond.get(frame)
+        return out
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    """Behaviour of the propagator.
+
+    Attributes
+    ----------
+    sticky_corrections : bool
+        Prompts on an already tracked frame make it a conditioning frame (official default:
+        False).
+    non_overlap : bool
+        Per pixel keep only the highest-scoring object in the outputs (official default: False).
+    fill_hole_area : int or None
+        Fill background holes up to this many low-resolution pixels; None takes the model's.
+    memory_dtype : torch.dtype
+        Storage dtype of memory features (the official code stores bf16).
+    bounded_memory : bool
+        Drop outputs no later frame of the pass can use (see the module docstring).
+    """
+
+    sticky_corrections: bool = True
+    non_overlap: bool = True
+    fill_hole_area: int | None = None
+    memory_dtype: torch.dtype = torch.bfloat16
+    bounded_memory: bool = True
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """Logits of every object on one frame at the stack's resolution.
+
+    Attributes
+    ----------
+    frame : int
+        Frame index.
+    obj_ids : tuple of int
+        Object ids, in the order of `logits`.
+    logits : torch.Tensor
+        ``(N, 1, H, W)`` float32; ``logits > 0`` is each object's mask.
+    done, total : int
+        Progress of a propagation pass (frames done including this one, frames in the pass);
+        ``1, 1`` for prompt results.
+    """
+
+    frame: int
+    obj_ids: tuple[int, ...]
+    logits: torch.Tensor
+    done: int = 1
+    total: int = 1
+
+    def masks(self) -> np.ndarray:
+        """``(N, H, W)`` bool masks."""
+        return (self.logits[:, 0] > 0).cpu().numpy()
+
+
+def apply_non_overlap(logits: torch.Tensor) -> torch.Tensor:
+    """Keep only the highest-scoring object per pixel; the others are clamped to <= -10.
+
+    Parameters
+    ----------
+    logits : torch.Tensor
+        ``(N, 1, H, W)``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, 1, H, W)``.
+    """
+    if logits.shape[0] <= 1:
+        return logits
+    winner = logits.argmax(dim=0, keepdim=True)
+    index = torch.arange(logits.shape[0], device=logits.device)[:, None, None, None]
+    return torch.where(winner == index, logits, logits.clamp(max=-10.0))
+
+
+def select_closest_cond_frames(
+    frame: int, cond: dict[int, FrameOutput], max_num: int
+) -> tuple[dict[int, FrameOutput], dict[int, FrameOutput]]:
+    """Up to `max_num` conditioning frames closest to `frame` (all when ``max_num == -1``).
+
+    The closest frame before and the closest after are always taken, then the temporally
+    closest others. Returns ``(selected, unselected)``.
+    """
+    if max_num == -1 or len(cond) <= max_num:
+        return cond, {}
+    if max_num < 2:
+        raise ValueError("at least two conditioning frames must be allowed in attention")
+    selected: dict[int, FrameOutput] = {}
+    before = max((t for t in cond if t < frame), default=None)
+    if before is not None:
+        selected[before] = cond[before]
+    after = min((t for t in cond if t >= frame), default=None)
+    if after is not None:
+        selected[after] = cond[after]
+    rest = sorted((t for t in cond if t not in selected), key=lambda t: abs(t - frame))
+    for t in rest[: max(0, max_num - len(selected))]:
+        selected[t] = cond[t]
+    unselected = {t: v for t, v in cond.items() if t not in selected}
+    return selected, unselected
+
+
+class VideoPropagator:
+    """Prompts and propagation of any number of objects through one stack.
+
+    Parameters
+    ----------
+    model : napari_focsam.models.sam2.Sam2Model
+        SAM 2 in eval mode.
+    features : FeatureProvider
+        Per-frame image features.
+    video_hw : tuple of int
+        ``(H, W)`` of the stack's frames (outputs are returned at this size).
+    options : PropagationOptions, optional
+        Behaviour; defaults to sticky corrections and non-overlapping objects.
+    """
+
+    def __init__(self, model, features: FeatureProvider, video_hw: tuple[int, int],
+                 options: PropagationOptions | None = None) -> None:
+        self.model = model
+        self.features = features
+        self.video_hw = (int(video_hw[0]), int(video_hw[1]))
+        self.options = options or PropagationOptions()
+        self.num_frames = len(features)
+        if self.num_frames < 1:
+            raise PropagationError("the stack has no frames")
+        cfg = model.config
+        self.fill_hole_area = (cfg.fill_hole_area if self.options.fill_hole_area is None
+                               else self.options.fill_hole_area)
+        self.tracks: dict[int, ObjectTrack] = {}
+
+    # ------------------------------------------------------------------ objects
+    @property
+    def obj_ids(self) -> tuple[int, ...]:
+        """Object ids in the order outputs are returned."""
+        return tuple(self.tracks)
+
+    def _track(self, obj_id: int, create: bool = True) -> ObjectTrack:
+        track = self.tracks.get(int(obj_id))
+        if track is None:
+            if not create:
+                raise PropagationError(f"no object with id {obj_id}; objects: {list(self.tracks)}")
+            track = self.tracks[int(obj_id)] = ObjectTrack(int(obj_id))
+        return track
+
+    def remove_object(self, obj_id: int) -> tuple[int, ...]:
+        """Forget an object and all its outputs; returns the remaining ids."""
+        self._track(obj_id, create=False)
+        del self.tracks[int(obj_id)]
+        return self.obj_ids
+
+    def reset(self) -> None:
+        """Forget every object."""
+        self.tracks.clear()
+
+    def _check_frame(self, frame: int) -> int:
+        frame = int(frame)
+        if not 0 <= frame < self.num_frames:
+            raise PropagationError(f"frame {frame} is outside the stack of {self.num_frames} frames")
+        return frame
+
+    # ------------------------------------------------------------------ prompts
+    @torch.no_grad()
+    def add_points(
+        self,
+        frame: int,
+        obj_id: int,
+        points_xy: np.ndarray | torch.Tensor | None = None,
+        labels: np.ndarray | torch.Tensor | None = None,
+        box_xyxy: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+        clear_old: bool = True,
+    ) -> FrameResult:
+        """Points and/or a box for object `obj_id` on `frame`.
+
+        Parameters
+        ----------
+        frame : int
+            Frame index.
+        obj_id : int
+            Object id (new ids create objects).
+        points_xy : array-like, optional
+            ``(N, 2)`` (x, y) in frame pixels.
+        labels : array-like, optional
+            ``(N,)`` 1 positive, 0 negative.
+        box_xyxy : array-like, optional
+            ``(4,)`` (x0, y0, x1, y1) in frame pixels; sent as the first two points.
+        clear_old : bool
+            Replace the frame's earlier points of this object (required with a box).
+
+        Returns
+        -------
+        FrameResult
+            All objects on `frame`.
+        """
+        frame = self._check_frame(frame)
+        if (points_xy is None) != (labels is None):
+            raise PropagationError("points and labels must be given together")
+        if points_xy is None and box_xyxy is None:
+            raise PropagationError("give points or a box")
+        pts = torch.zeros(0, 2) if points_xy is None else torch.as_tensor(
+            np.asarray(points_xy, dtype=np.float32)).reshape(-1, 2)
+        labs = torch.zeros(0, dtype=torch.int32) if labels is None else torch.as_tensor(
+            np.asarray(labels)).reshape(-1).to(torch.int32)
+        if pts.shape[0] != labs.shape[0]:
+            raise PropagationError(f"{pts.shape[0]} points but {labs.shape[0]} labels")
+        if not torch.isfinite(pts).all():
+            raise PropagationError("points must be finite")
+        if box_xyxy is not None:
+            if not clear_old:
+                raise PropagationError("a box replaces the frame's points: use clear_old=True")
+            box = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32)).reshape(2, 2)
+            pts = torch.cat([box, pts])
+            labs = torch.cat([torch.tensor([2, 3], dtype=torch.int32), labs])
+        h, w = self.video_hw
+        coords = (pts / torch.tensor([w, h], dtype=torch.float32) * self.model.image_size)[None]
+        labs = labs[None]
+        track = self._track(obj_id)
+        if not clear_old and frame in track.points:
+            old_c, old_l = track.points[frame]
+            coords, labs = torch.cat([old_c, coords], 1), torch.cat([old_l, labs], 1)
+        device = self.model.device
+        coords, labs = coords.to(device), labs.to(device)
+        is_init = frame not in track.tracked
+        reverse = False if is_init else track.tracked[frame]
+        is_cond = is_init or self.options.sticky_corrections
+        previous = track.output_on(frame, is_cond)
+        prev_logits = None
+        if previous is not None and previous.pred_masks is not None:
+            prev_logits = previous.pred_masks.to(device).clamp(-PREV_LOGIT_CLAMP, PREV_LOGIT_CLAMP)
+        out = self._run_frame([track], frame, is_init, reverse, run_memory=False,
+                              points=(coords, labs), prev_logits=prev_logits)[0]
+        track.points[frame] = (coords, labs)
+        track.masks.pop(frame, None)
+        (track.temp_cond if is_cond else track.temp_non_cond)[frame] = out
+        return self._prompt_result(frame, is_cond)
+
+    @torch.no_grad()
+    def add_mask(self, frame: int, obj_id: int, mask: np.ndarray | torch.Tensor) -> FrameResult:
+        """A mask prompt (e.g. drawn with SAM or FocSAM) for object `obj_id` on `frame`.
+
+        Parameters
+        ----------
+        frame : int
+            Frame index.
+        obj_id : int
+            Object id.
+        mask : array-like
+            ``(H, W)`` bool (nonzero = object) at the stack's resolution.
+
+        Returns
+        -------
+        FrameResult
+        """
+        frame = self._check_frame(frame)
+        m = torch.as_tensor(np.asarray(mask))
+        if m.ndim != 2:
+            raise PropagationError(f"mask must be 2D (H, W), got shape {tuple(m.shape)}")
+        if tuple(m.shape) != self.video_hw:
+            raise PropagationError(f"mask shape {tuple(m.shape)} differs from the frames' "
+                                   f"{self.video_hw}")
+        size = self.model.image_size
+        m = m.bool().float()[None, None].to(self.model.device)
+        if tuple(m.shape[-2:]) != (size, size):
+            m = F.interpolate(m, (size, size), mode="bilinear", align_corners=False,
+                              antialias=True)
+            m = (m >= 0.5).float()
+        track = self._track(obj_id)
+        is_init = frame not in track.tracked
+        reverse = False if is_init else track.tracked[frame]
+        is_cond = is_init or self.options.sticky_corrections
+        out = self._run_frame([track], frame, is_init, reverse, run_memory=False, masks=m)[0]
+        track.masks[frame] = m
+        track.points.pop(frame, None)
+        (track.temp_cond if is_cond else track.temp_non_cond)[frame] = out
+        return self._prompt_result(frame, is_cond)
+
+    def clear_prompts(self, frame: int, obj_id: int) -> FrameResult:
+        """Remove an object's prompts on a frame; its output there becomes a tracked one."""
+        frame = self._check_frame(frame)
+        track = self._track(obj_id, create=False)
+        track.points.pop(frame, None)
+        track.masks.pop(frame, None)
+        track.temp_cond.pop(frame, None)
+        track.temp_non_cond.pop(frame, None)
+        out = track.cond.pop(frame, None)
+        if out is not None:
+            track.non_cond[frame] = out
+            track.tracked.pop(frame, None)
+        is_cond = any(frame in t.temp_cond for t in self.tracks.values())
+        return self._prompt_result(frame, is_cond)
+
+    def _prompt_result(self, frame: int, is_cond: bool) -> FrameResult:
+        """All objects' logits on a prompted frame, each upsampled straight to the frame size."""
+        h, w = self.video_hw
+        device = self.model.device
+        logits = torch.full((len(self.tracks), 1, h, w), NO_OBJ_SCORE, device=device)
+        for i, track in enumerate(self.tracks.values()):
+            out = track.output_on(frame, is_cond)
+            if out is None or out.pred_masks is None:
+                continue
+            logits[i:i + 1] = F.interpolate(out.pred_masks.to(device), (h, w), mode="bilinear",
+                                            align_corners=False)
+        if self.options.non_overlap:
+            logits = apply_non_overlap(logits)
+        return FrameResult(frame, self.obj_ids, logits)
+
+    # ------------------------------------------------------------------ propagation
+    def prompted_frames(self) -> list[int]:
+        """Frames holding prompts of any object, sorted."""
+        frames = set()
+        for track in self.tracks.values():
+            frames.update(track.cond, track.temp_cond, track.temp_non_cond)
+        return sorted(frames)
+
+    @torch.no_grad()
+    def propagate(self, start: int | None = None, reverse: bool = False,
+                  max_frames: int | None = None) -> Iterator[FrameResult]:
+        """Track every object frame by frame, yielding each frame's result as it is done.
+
+        Parameters
+        ----------
+        start : int, optional
+            First frame; default the earliest conditioning frame of any object.
+        reverse : bool
+            Walk towards frame 0.
+        max_frames : int, optional
+            Frames to track after `start` (default: to the end of the stack).
+
+        Yields
+        ------
+        FrameResult
+            With progress (`done`, `total`). Stopping the iteration leaves the state valid.
+        """
+        self._merge_prompts()
+        if start is None:
+            start = min(t for track in self.tracks.values() for t in track.cond)
+        start = self._check_frame(start)
+        span = self.num_frames if max_frames is None else int(max_frames)
+        if reverse:
+            end = max(start - span, 0)
+            order = list(range(start, end - 1, -1)) if start > 0 else []
+        else:
+            end = min(start + span, self.num_frames - 1)
+            order = list(range(start, end + 1))
+        for done, frame in enumerate(order, start=1):
+            yield self._propagate_frame(frame, reverse, done, len(order))
+
+    def propagate_both(self, start: int | None = None) -> Iterator[FrameResult]:
+        """Forward from `start` (default: earliest prompted frame) to the end, then backward
+        from `start` to frame 0; progress counts both passes."""
+        self._merge_prompts()
+        if start is None:
+            start = min(t for track in self.tracks.values() for t in track.cond)
+        start = self._check_frame(start)
+        total = self.num_frames + (1 if start > 0 else 0)
+        done = 0
+        for result in self.propagate(start, reverse=False):
+            done += 1
+            yield FrameResult(result.frame, result.obj_ids, result.logits, done, total)
+        for result in self.propagate(start, reverse=True):
+            done += 1
+            yield FrameResult(result.frame, result.obj_ids, result.logits, done, total)
+
+    def _merge_prompts(self) -> None:
+        """Encode the memory of newly prompted frames and merge them (official preflight)."""
+        if not self.tracks:
+            raise PropagationError("no object has prompts yet: add points, a box or a mask first")
+        size = self.model.image_size
+        for track in self.tracks.values():
+            for is_cond in (False, True):
+                temp = track.temp_cond if is_cond else track.temp_non_cond
+                store = track.cond if is_cond else track.non_cond
+                for frame, out in temp.items():
+                    if out.maskmem is None:
+                        high = F.interpolate(out.pred_masks.to(self.model.device), (size, size),
+                                             mode="bilinear", align_corners=False)
+                        out.maskmem = self._encode_memory(frame, high, out.object_score_logits,
+                                                          from_points=True)
+                    store[frame] = out
+                temp.clear()
+            if not track.cond:
+                raise PropagationError(f"object {track.obj_id} has no prompts on any frame")
+            for frame in track.cond:
+                track.non_cond.pop(frame, None)
+
+    def _propagate_frame(self, frame: int, reverse: bool, done: int, total: int) -> FrameResult:
+        to_run = [t for t in self.tracks.values() if frame not in t.cond]
+        if to_run:
+            outs = self._run_frame(to_run, frame, False, reverse, run_memory=True)
+            for track, out in zip(to_run, outs, strict=True):
+                track.non_cond[frame] = out
+        device = self.model.device
+        preds = []
+        for track in self.tracks.values():
+            track.tracked[frame] = reverse
+            out = track.cond.get(frame) or track.non_cond[frame]
+            preds.append(out.pred_masks.to(device))
+        logits = F.interpolate(torch.cat(preds), self.video_hw, mode="bilinear",
+                               align_corners=False)
+        if self.options.non_overlap:
+            logits = apply_non_overlap(logits)
+        if self.options.bounded_memory:
+            self._drop_unreachable(frame, reverse)
+        return FrameResult(frame, self.obj_ids, logits, done, total)
+
+    def _drop_unreachable(self, frame: int, reverse: bool) -> None:
+        """Drop tracked outputs behind `frame` that later frames of this pass cannot use."""
+        cfg = self.model.config
+        keep_memory = (cfg.num_maskmem - 1) * max(1, cfg.memory_temporal_stride_for_eval)
+        keep_pointer = cfg.max_obj_ptrs_in_encoder - 1 if cfg.use_obj_ptrs_in_encoder else 0
+        for track in self.tracks.values():
+            for t in list(track.non_cond):
+                behind = (t - frame) if reverse else (frame - t)
+                if behind > max(keep_memory, keep_pointer):
+                    del track.non_cond[t]
+                elif behind > keep_memory:
+                    out = track.non_cond[t]
+                    out.maskmem = None
+                    out.pred_masks = None
+
+    # ------------------------------------------------------------------ model steps
+    def _encode_memory(self, frame: int, high_res_masks: torch.Tensor,
+                       object_score_logits: torch.Tensor, from_points: bool) -> torch.Tensor:
+        feats = self.features(frame)
+        maskmem = self.model.encode_memory(feats, high_res_masks, object_score_logits,
+                                           from_points=from_points)
+        return maskmem.to(self.options.memory_dtype)
+
+    def _run_frame(
+        self,
+        tracks: list[ObjectTrack],
+        frame: int,
+        is_init: bool,
+        reverse: bool,
+        run_memory: bool,
+        points: tuple[torch.Tensor, torch.Tensor] | None = None,
+        masks: torch.Tensor | None = None,
+        prev_logits: torch.Tensor | None = None,
+    ) -> list[FrameOutput]:
+        """One tracking step of `tracks` (batched) on `frame`."""
+        model = self.model
+        feats = self.features(frame)
+        b = len(tracks)
+        if masks is not None and model.config.use_mask_input_as_output_without_sam:
+            heads = model.mask_as_output(feats, masks)
+        else:
+            if is_init:
+                pix = model.pix_without_memory(feats, b)
+            else:
+                memory = self._gather_memory(tracks, frame, reverse)
+                pix = model.pix_with_memory(feats, *memory)
+            mask_input = prev_logits if masks is None else masks
+            n_points = 0 if points is None else points[1].shape[1]
+            heads = model.sam_heads(pix, feats, points=points, mask_input=mask_input,
+                                    multimask=model.use_multimask(is_init, n_points))
+        maskmem = None
+        if run_memory and model.config.num_maskmem > 0:
+            maskmem = model.encode_memory(feats, heads.high_res_masks, heads.object_score_logits,
+                                          from_points=points is not None)
+            maskmem = maskmem.to(self.options.memory_dtype)
+        pred = heads.low_res_masks.float()
+        if self.fill_hole_area > 0:
+            pred = fill_small_holes(pred, self.fill_hole_area)
+        return [
+            FrameOutput(pred[i:i + 1], heads.obj_ptr[i:i + 1],
+                        heads.object_score_logits[i:i + 1],
+                        None if maskmem is None else maskmem[i:i + 1])
+            for i in range(b)
+        ]
+
+    def _gather_memory(self, tracks: list[ObjectTrack], frame: int, reverse: bool):
+        """Memory frames and object pointers of each track for `frame`, padded to a batch.
+
+        Returns
+        -------
+        tuple
+            Arguments for ``model.pix_with_memory``: per-object lists of
+            ``(t_pos, maskmem (1, Cm, E, E))`` and of ``(signed distance, obj_ptr (1, C))``.
+        """
+        cfg = self.model.config
+        n_mem = cfg.num_maskmem
+        stride = max(1, cfg.memory_temporal_stride_for_eval)
+        frames_per_obj, pointers_per_obj = [], []
+        for track in tracks:
+            if not track.cond:
+                raise PropagationError(f"object {track.obj_id} has no conditioning frame")
+            selected, unselected = select_closest_cond_frames(frame, track.cond,
+                                                              cfg.max_cond_frames_in_attn)
+            entries: list[tuple[int, FrameOutput | None]] = [(0, o) for o in selected.values()]
+            for t_pos in range(1, n_mem):
+                t_rel = n_mem - t_pos
+                if t_rel == 1:
+                    prev = frame + 1 if reverse else frame - 1
+                elif not reverse:
+                    prev = ((frame - 2) // stride) * stride - (t_rel - 2) * stride
+                else:
+                    prev = -(-(frame + 2) // stride) * stride + (t_rel - 2) * stride
+                out = track.non_cond.get(prev)
+                if out is None:
+                    out = unselected.get(prev)
+                entries.append((t_pos, out))
+            frames_per_obj.append([(t_pos, o.maskmem) for t_pos, o in entries
+                                   if o is not None and o.maskmem is not None])
+            pointers: list[tuple[int, torch.Tensor]] = []
+            if cfg.use_obj_ptrs_in_encoder:
+                max_ptrs = min(self.num_frames, cfg.max_obj_ptrs_in_encoder)
+                sign = -1 if reverse else 1
+                if cfg.only_obj_ptrs_in_the_past_for_eval:
+                    ptr_cond = {t: o for t, o in selected.items()
+                                if (t >= frame if reverse else t <= frame)}
+                else:
+                    ptr_cond = selected
+                for t, o in ptr_cond.items():
+                    dist = (frame - t) * sign if cfg.use_signed_tpos_enc_to_obj_ptrs \
+                        else abs(frame - t)
+                    pointers.append((dist, o.obj_ptr))
+                for t_diff in range(1, max_ptrs):
+                    t = frame + t_diff if reverse else frame - t_diff
+                    if t < 0 or t >= self.num_frames:
+                        break
+                    o = track.non_cond.get(t, unselected.get(t))
+                    if o is not None:
+                        pointers.append((t_diff, o.obj_ptr))
+            pointers_per_obj.append(pointers)
+        max_ptrs = min(self.num_frames, cfg.max_obj_ptrs_in_encoder)
+        return frames_per_obj, pointers_per_obj, max_ptrs
