@@ -4,6 +4,10 @@ Subcommands
 -----------
 bench sam
     Image-encoder time (fp32 / bf16), click latency and peak RSS of a SAM model.
+bench sam2
+    SAM 2 image-encoder time and propagation time per frame (1 and 3 objects, fp32 / bf16).
+bench sam2-memory
+    Resident memory while propagating through a long synthetic stack (flat when bounded).
 """
 
 from __future__ import annotations
@@ -35,6 +39,27 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     sam.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sam.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
+    sam2 = targets.add_parser("sam2", help="SAM 2 encoder and propagation time per frame")
+    sam2.add_argument("--model", default="sam2.1_hiera_tiny", help="SAM 2 config")
+    sam2.add_argument("--dtypes", default="fp32,bf16", help="comma-separated precisions")
+    sam2.add_argument("--frames", type=int, default=4, help="frames of the synthetic stack")
+    sam2.add_argument("--objects", default="1,3", help="comma-separated object counts")
+    sam2.add_argument("--image-size", type=int, default=None, help="model input side override")
+    sam2.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    sam2.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sam2.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
+    mem = targets.add_parser("sam2-memory", help="RSS over a long propagation pass")
+    mem.add_argument("--model", default="sam2.1_hiera_tiny", help="SAM 2 config")
+    mem.add_argument("--frames", type=int, default=500, help="frames of the synthetic stack")
+    mem.add_argument("--objects", type=int, default=2, help="objects to track")
+    mem.add_argument("--image-size", type=int, default=256, help="model input side")
+    mem.add_argument("--no-unbounded", action="store_true",
+                     help="skip the unbounded run shown for contrast")
+    mem.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    mem.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    mem.add_argument("--json", type=Path, default=None, help="also write the figures here")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``napari-focsam``."""
@@ -46,17 +71,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
 def _run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .benchmarks.sam import format_sam_table, run_sam_benchmark
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtypes = tuple(d.strip() for d in args.dtypes.split(",") if d.strip())
-    result = run_sam_benchmark(model=args.model, dtypes=dtypes, repeats=args.repeats,
-                               image_hw=tuple(args.image_size), device=args.device)
-    sys.stdout.write(format_sam_table(result) + "\n")
+    if args.target == "sam2":
+        from .benchmarks.sam2 import format_sam2_table, run_sam2_benchmark
+
+        result = run_sam2_benchmark(model_name=args.model, dtypes=_split(args.dtypes),
+                                    frames=args.frames,
+                                    objects=tuple(int(n) for n in _split(args.objects)),
+                                    device=args.device, image_size=args.image_size)
+        text = format_sam2_table(result)
+    elif args.target == "sam2-memory":
+        from .benchmarks.sam2 import format_memory_table, run_memory_benchmark
+
+        result = run_memory_benchmark(frames=args.frames, image_size=args.image_size,
+                                      objects=args.objects, model_name=args.model,
+                                      compare_unbounded=not args.no_unbounded, device=args.device)
+        text = format_memory_table(result)
+    else:
+        from .benchmarks.sam import format_sam_table, run_sam_benchmark
+
+        result = run_sam_benchmark(model=args.model, dtypes=_split(args.dtypes),
+                                   repeats=args.repeats, image_hw=tuple(args.image_size),
+                                   device=args.device)
+        text = format_sam_table(result)
+    sys.stdout.write(text + "\n")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

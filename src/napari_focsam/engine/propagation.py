@@ -341,10 +341,15 @@ class VideoPropagator:
             raise PropagationError(f"{pts.shape[0]} points but {labs.shape[0]} labels")
         if not torch.isfinite(pts).all():
             raise PropagationError("points must be finite")
+        if not ((labs == 0) | (labs == 1)).all():
+            raise PropagationError(f"labels must be 1 (positive) or 0 (negative), got {labs.tolist()}")
         if box_xyxy is not None:
             if not clear_old:
                 raise PropagationError("a box replaces the frame's points: use clear_old=True")
-            box = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32)).reshape(2, 2)
+            box = torch.as_tensor(np.asarray(box_xyxy, dtype=np.float32)).reshape(-1)
+            if box.numel() != 4 or not torch.isfinite(box).all():
+                raise PropagationError(f"a box is 4 finite values (x0, y0, x1, y1), got {box.tolist()}")
+            box = box.reshape(2, 2)
             pts = torch.cat([box, pts])
             labs = torch.cat([torch.tensor([2, 3], dtype=torch.int32), labs])
         h, w = self.video_hw
@@ -542,8 +547,12 @@ class VideoPropagator:
     def _drop_unreachable(self, frame: int, reverse: bool) -> None:
         """Drop tracked outputs behind `frame` that later frames of this pass cannot use."""
         cfg = self.model.config
-        keep_memory = (cfg.num_maskmem - 1) * max(1, cfg.memory_temporal_stride_for_eval)
-        keep_pointer = cfg.max_obj_ptrs_in_encoder - 1 if cfg.use_obj_ptrs_in_encoder else 0
+        # The next frame of the pass reads recent memories at most (num_maskmem - 2) strides
+        # behind `frame` (its oldest slot is num_maskmem - 1 strides behind itself) and object
+        # pointers at most max_obj_ptrs - 2 frames behind `frame`; -1 keeps nothing.
+        stride = max(1, cfg.memory_temporal_stride_for_eval)
+        keep_memory = (cfg.num_maskmem - 2) * stride if cfg.num_maskmem >= 2 else -1
+        keep_pointer = cfg.max_obj_ptrs_in_encoder - 2 if cfg.use_obj_ptrs_in_encoder else -1
         for track in self.tracks.values():
             for t in list(track.non_cond):
                 behind = (t - frame) if reverse else (frame - t)
