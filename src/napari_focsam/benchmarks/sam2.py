@@ -292,17 +292,18 @@ def format_sam2_table(result: dict) -> str:
     notes = []
     for name, per_count in result["propagation"].items():
         for count, t in per_count.items():
-            label = f"propagation, {count} object{'s' if count != '1' else ''}, {name}"
+            objects = f"{count} object{'s' if count != '1' else ''}"
+            label = f"propagation, {objects}, {name}"
             if not t["ran"]:
                 lines.append(f"{label:<46} {'failed':>21}")
-                notes.append(f"{name}, {count} objects: {t['error']}")
+                notes.append(f"{name}, {objects}: {t['error']}")
                 continue
             lines.append(f"{label:<46} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms")
             if name != "fp32":
                 seen = ", ".join(f"{k} {'/'.join(v) or '-'}" for k, v in t["autocast_dtypes"].items())
                 agree = t.get("mask_agreement_vs_fp32")
                 agree_text = "" if agree is None else f"; masks agree with fp32 on {agree:.2%} of pixels"
-                notes.append(f"{name}, {count} objects: outputs {seen}{agree_text}")
+                notes.append(f"{name}, {objects}: outputs {seen}{agree_text}")
     lines.append(f"{'peak RSS':<46} {result['peak_rss_mib']:>8.0f}MiB")
     if notes:
         lines += ["", *notes]
