@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from napari_focsam import __version__
 from napari_focsam.cli import main
 
@@ -44,3 +46,36 @@ def test_module_entry_point_reports_version():
     done = subprocess.run([sys.executable, "-m", "napari_focsam", "--version"],
                           capture_output=True, text=True, check=True)
     assert __version__ in done.stdout
+
+
+def test_bench_focsam_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "figures" / "focsam.json"
+    threads = torch.get_num_threads()
+    try:
+        code = main(["bench", "focsam", "--model", "focsam_test_tiny", "--repeats", "1",
+                     "--dtypes", "fp32,bf16", "--threads", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the CLI sets the process-wide thread count
+    assert code == 0
+    printed = capsys.readouterr().out
+    for line in ("refine, small box (4/9 win), fp32", "refine, full box (16/16 win), bf16",
+                 "decode 3 clicks + prev logits (refined emb)", "postprocess -> mask 1024x1024",
+                 "peak RSS"):
+        assert line in printed
+    figures = json.loads(out.read_text())
+    assert set(figures["refine"]) == {"fp32", "bf16"}
+    # a 200 px object grows to a 280 px focus box: 2x2 plain and 3x3 shifted windows of 16
+    assert figures["focus"]["small"]["box"] == [372, 372, 652, 652]
+    assert figures["focus"]["small"]["windows_per_block"] == [4, 9]  # tiny config: depth 2
+    assert figures["focus"]["full"]["windows_per_block"] == [16, 16]
+    timings = [t for cases in figures["refine"].values() for t in cases.values()]
+    timings += [*figures["decode"].values(), figures["postprocess"], figures["click"]]
+    for timing in timings:
+        assert 0 < timing["min_s"] <= timing["median_s"]
+    assert figures["settings"]["threads"] == 1
+    assert figures["peak_rss_mib"] > 0
+
+
+def test_bench_focsam_unknown_model_is_a_clear_error(capsys):
+    assert main(["bench", "focsam", "--model", "focsam_vit_z"]) == 2
+    assert "unknown FocSAM config 'focsam_vit_z'" in capsys.readouterr().err

@@ -6,14 +6,24 @@ checkpoint's refiner (prefix stripped) loads with every key and shape checked.
 
 from __future__ import annotations
 
+import logging
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..sam.image_encoder import window_partition, window_unpartition
 from .config import FocusRefinerConfig
+from .deform_conv import autocast_dtype, no_autocast
 from .focus import box_grid_mask, focus_box
-from .layers import CrossAttentionBlock, MSAModule
+from .layers import CrossAttentionBlock, MSAModule, window_chunks
+
+logger = logging.getLogger(__name__)
+
+
+def _grid_padding(hw: tuple[int, int], window: int) -> tuple[int, int]:
+    """Grid size ``(Hp, Wp)`` after zero-padding bottom/right to whole windows."""
+    return (hw[0] + -hw[0] % window, hw[1] + -hw[1] % window)
 
 
 class RefineBlock(nn.Module):
@@ -25,6 +35,10 @@ class RefineBlock(nn.Module):
     other windows are left as they are. The class token becomes the mean over *all* windows
     and, with ``cls_scale``, its change is rescaled by a learned function of the fraction of
     windows selected.
+
+    The work happens on a channels-last *canvas* ``B x Hp x Wp x C`` (the grid zero-padded to
+    whole windows): the selected windows' tokens are gathered with precomputed row indices
+    (the shift is just another index map), updated, and written back in place.
 
     Parameters
     ----------
@@ -47,26 +61,107 @@ class RefineBlock(nn.Module):
             nn.init.ones_(self.cls_scale_proj.weight)
             nn.init.zeros_(self.cls_scale_proj.bias)
 
-    def _to_windows(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``B x C x H x W`` -> windows ``nW x win x win x C`` (batch-major) and the padded size."""
-        x = x.permute(0, 2, 3, 1)  # B x H x W x C
-        if self.shifted:
-            h, w = x.shape[1:3]
-            x = F.pad(x, (0, 0, 0, -w % self.window, 0, -h % self.window))
-            shift = self.window // 2
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        return window_partition(x, self.window)
+    def window_index(self, hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """Canvas positions of every window's tokens.
 
-    def _from_windows(self, windows: torch.Tensor, padded_hw: tuple[int, int],
-                      hw: tuple[int, int]) -> torch.Tensor:
-        """Inverse of :meth:`_to_windows`, ``nW x win x win x C`` -> ``B x C x H x W``."""
-        if self.shifted:
-            x = window_unpartition(windows, self.window, padded_hw, padded_hw)
+        Parameters
+        ----------
+        hw : tuple of int
+            Grid ``(H, W)``.
+        device : torch.device
+            Where the index lives.
+
+        Returns
+        -------
+        torch.Tensor
+            ``nW x (window * window)`` int64 flat positions in the padded ``Hp x Wp`` grid of
+            one image; windows row-major, tokens row-major within a window (after the roll by
+            ``-window // 2`` when ``shifted``).
+        """
+        hp, wp = _grid_padding(hw, self.window)
+        rows = torch.arange(hp, device=device)
+        cols = torch.arange(wp, device=device)
+        if self.shifted:  # torch.roll by -shift: position i shows i + shift
             shift = self.window // 2
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))[:, : hw[0], : hw[1]]
-        else:
-            x = window_unpartition(windows, self.window, padded_hw, hw)
-        return x.permute(0, 3, 1, 2)
+            rows, cols = (rows + shift) % hp, (cols + shift) % wp
+        grid = rows[:, None] * wp + cols[None, :]
+        win = self.window
+        grid = grid.view(hp // win, win, wp // win, win).transpose(1, 2)
+        return grid.reshape(-1, win * win)
+
+    def select(self, grid_mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Windows touching the focus, ``B x 1 x H x W`` mask -> ``B x nW`` bool."""
+        hp, wp = _grid_padding(tuple(grid_mask.shape[-2:]), self.window)
+        h, w = grid_mask.shape[-2:]
+        padded = F.pad(grid_mask[:, 0], (0, wp - w, 0, hp - h)).flatten(1)  # B x Hp*Wp
+        return padded[:, index].amax(dim=-1) > 0
+
+    def forward_canvas(self, canvas: torch.Tensor, hw: tuple[int, int], cls: torch.Tensor,
+                       index: torch.Tensor, selected: torch.Tensor,
+                       workspace: dict | None = None) -> torch.Tensor:
+        """Refine the canvas in place and return the new class token.
+
+        The selected windows go through ``img2cls`` and ``cls2img`` in chunks of
+        :data:`~napari_focsam.models.focsam.layers.ATTENTION_CHUNK_WINDOWS` (small, cache-resident
+        intermediates); only the deformable convolution sees all of them at once.
+
+        Parameters
+        ----------
+        canvas : torch.Tensor
+            ``B x Hp x Wp x C`` float32 contiguous, zero outside the ``H x W`` grid; updated in
+            place (the padding stays zero).
+        hw : tuple of int
+            ``(H, W)``.
+        cls : torch.Tensor
+            ``B x 1 x C`` class token.
+        index : torch.Tensor
+            :meth:`window_index` of this grid.
+        selected : torch.Tensor
+            ``B x nW`` bool, :meth:`select`.
+        workspace : dict, optional
+            Buffers reused from block to block (see :func:`_buffer`); None allocates afresh.
+
+        Returns
+        -------
+        torch.Tensor
+            ``B x 1 x C`` new class token.
+        """
+        b, hp, wp, c = canvas.shape
+        nw, t = index.shape
+        flat = canvas.view(b * hp * wp, c)
+        chosen = selected.reshape(-1).nonzero().squeeze(1)  # over B * nW, batch-major
+        cls_all = cls.repeat_interleave(nw, dim=0)  # (B * nW) x 1 x C
+        n = chosen.numel()
+        if n:
+            image = torch.div(chosen, nw, rounding_mode="floor")
+            rows = index[chosen - image * nw] + (image * (hp * wp))[:, None]  # n x T
+            parts = window_chunks(n)
+            tokens = [flat.index_select(0, rows[p].reshape(-1)).view(-1, t, c) for p in parts]
+            cls_sel = self.img2cls(cls_all[chosen], tokens)
+            msa = self.cls2img
+            y = _buffer(workspace, "y", (n, t, c), torch.float32, canvas.device)
+            if y is None:
+                y = torch.cat([msa.mix(tok, cls_sel[p]) for p, tok in zip(parts, tokens, strict=True)])
+            else:
+                for p, tok in zip(parts, tokens, strict=True):
+                    msa.mix(tok, cls_sel[p], out=y[p])
+            dtype = autocast_dtype(canvas.device) or torch.float32
+            win = (self.window, self.window)
+            d = msa.deform(y, win, out=_buffer(workspace, "d", (n, *win, c), dtype, canvas.device))
+            for p, tok in zip(parts, tokens, strict=True):
+                flat.index_copy_(0, rows[p].reshape(-1), msa.finish(tok, d[p]).view(-1, c))
+            cls_all = cls_all.index_copy(0, chosen, cls_sel.to(cls_all.dtype))
+            h, w = hw
+            if (hp, wp) != (h, w):  # keep the padding zero, as a fresh zero-padding would be
+                canvas[:, h:].zero_()
+                canvas[:, :, w:].zero_()
+        new_cls = cls_all.view(b, nw, 1, c).mean(dim=1)
+        if self.cls_scale_proj is not None:
+            with no_autocast(cls.device):
+                frac = selected.to(cls.dtype).mean(dim=1).view(b, 1, 1)
+                scale = self.cls_scale_proj(-frac.clamp(min=1e-2).log()).exp()
+                new_cls = scale * (new_cls - cls) + cls
+        return new_cls
 
     def forward(self, x: torch.Tensor, cls: torch.Tensor,
                 grid_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,29 +179,47 @@ class RefineBlock(nn.Module):
         Returns
         -------
         x : torch.Tensor
-            ``B x C x H x W``.
+            ``B x C x H x W`` float32 (channels-last memory).
         cls : torch.Tensor
             ``B x 1 x C``.
         """
-        b, c, h, w = x.shape
-        windows, padded_hw = self._to_windows(x)  # nW x win x win x C
-        selected = self._to_windows(grid_mask)[0].flatten(1).amax(dim=1) > 0  # nW
-        per_image = windows.shape[0] // b
-        cls_all = cls.repeat_interleave(per_image, dim=0)  # nW x 1 x C
-        idx = selected.nonzero().squeeze(1)
-        if idx.numel():
-            win = windows[idx]  # n x win x win x C
-            cls_sel = self.img2cls(cls_all[idx], win.flatten(1, 2))
-            out = self.cls2img(win.permute(0, 3, 1, 2), cls_sel)  # n x C x win x win
-            windows = windows.index_copy(0, idx, out.permute(0, 2, 3, 1))
-            cls_all = cls_all.index_copy(0, idx, cls_sel)
-        x = self._from_windows(windows, padded_hw, (h, w))
-        new_cls = cls_all.view(b, per_image, 1, c).mean(dim=1)
-        if self.cls_scale_proj is not None:
-            frac = selected.view(b, per_image).to(cls.dtype).mean(dim=1).view(b, 1, 1)
-            scale = self.cls_scale_proj(-frac.clamp(min=1e-2).log()).exp()
-            new_cls = scale * (new_cls - cls) + cls
-        return x, new_cls
+        hw = (x.shape[-2], x.shape[-1])
+        canvas = _to_canvas(x, x.shape[0], self.window)
+        index = self.window_index(hw, x.device)
+        cls = self.forward_canvas(canvas, hw, cls.float(), index, self.select(grid_mask, index),
+                                  _workspace())
+        return canvas[:, : hw[0], : hw[1]].permute(0, 3, 1, 2), cls
+
+
+def _workspace() -> dict | None:
+    """A buffer store for :meth:`RefineBlock.forward_canvas`, None while autograd records
+    (results written into buffers cannot be differentiated)."""
+    return None if torch.is_grad_enabled() else {}
+
+
+def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor | None:
+    """A contiguous ``shape`` view of the workspace's buffer ``name`` of ``dtype`` (grown when
+    too small), or None without a workspace. Reusing the memory from block to block avoids the
+    page faults of fresh multi-MiB allocations."""
+    if workspace is None:
+        return None
+    numel = math.prod(shape)
+    buf = workspace.get((name, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        workspace[(name, dtype)] = buf
+    return buf[:numel].view(shape)
+
+
+def _to_canvas(x: torch.Tensor, batch: int, window: int) -> torch.Tensor:
+    """``b x C x H x W`` (``b`` 1 or ``batch``) -> float32 canvas ``batch x Hp x Wp x C``, zero
+    padded bottom/right to whole windows."""
+    _, c, h, w = x.shape
+    hp, wp = _grid_padding((h, w), window)
+    canvas = x.new_zeros(batch, hp, wp, c, dtype=torch.float32)
+    canvas[:, :h, :w] = x.permute(0, 2, 3, 1)
+    return canvas
 
 
 class FocusRefiner(nn.Module):
@@ -200,9 +313,21 @@ class FocusRefiner(nn.Module):
         if mask_token.ndim != 3 or mask_token.shape[1] != 1:
             raise ValueError(f"mask_token must be B x 1 x C, got {tuple(mask_token.shape)}")
         b = mask_token.shape[0]
-        x = self.embed_proj(image_embeddings).expand(b, -1, -1, -1)
-        cls = self.token_proj(mask_token.to(x.dtype))
-        grid_mask = grid_mask.to(x.dtype).expand(b, -1, -1, -1)
+        hw = (image_embeddings.shape[-2], image_embeddings.shape[-1])
+        with no_autocast(image_embeddings.device):  # the residual stream stays float32
+            x = self.embed_proj(image_embeddings.float())
+            cls = self.token_proj(mask_token.float())
+        canvas = _to_canvas(x, b, self.cfg.window_size)
+        grid_mask = grid_mask.float().expand(b, -1, -1, -1)
+        plans = {}
+        workspace = _workspace()
         for block in self.blocks:
-            x, cls = block(x, cls, grid_mask)
-        return x
+            if block.shifted not in plans:
+                index = block.window_index(hw, canvas.device)
+                plans[block.shifted] = (index, block.select(grid_mask, index))
+            index, selected = plans[block.shifted]
+            cls = block.forward_canvas(canvas, hw, cls, index, selected, workspace)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("refined %s windows (plain / shifted) of %d", "/".join(
+                str(int(sel.sum())) for _, sel in plans.values()), plans[False][1].numel())
+        return canvas[:, : hw[0], : hw[1]].permute(0, 3, 1, 2).contiguous()
