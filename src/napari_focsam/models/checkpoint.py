@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,4 +201,59 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     """:func:`check_state_dict`, then load strictly; returns ``model``."""
     check_state_dict(model, state_dict, source)
     model.load_state_dict(dict(state_dict), strict=True)
+    return model
+
+
+def build_and_load(
+    state_dict: Mapping[str, torch.Tensor],
+    config: Any,
+    inferred: Any,
+    *,
+    build: Callable[[Any], nn.Module],
+    load: Callable[[nn.Module, Mapping[str, torch.Tensor], str], object],
+    source: str,
+    released: str,
+) -> nn.Module:
+    """Build a model for `config` (or the `inferred` released one) and load `state_dict`.
+
+    Parameters
+    ----------
+    state_dict : mapping of str to torch.Tensor
+        Weights in the layout `load` expects.
+    config : object or None
+        The caller's config; None means `inferred`.
+    inferred : object or None
+        The released config the weights fit (by shape), or None.
+    build : callable
+        ``config -> model``.
+    load : callable
+        ``(model, state_dict, source)``; raises `CheckpointError` on keys or shapes that do not fit.
+    source : str
+        The file, for messages.
+    released : str
+        What "released" means for this family, e.g. ``"a SAM 1 state_dict of no released size
+        (ViT-B/L/H)"``, used when nothing fits and no config is given.
+
+    Returns
+    -------
+    nn.Module
+        The loaded model (not moved).
+
+    Raises
+    ------
+    CheckpointError
+        No config and none inferred, or weights that do not fit `config` (the message then also
+        names the released config the file looks like, if any).
+    """
+    if config is None:
+        if inferred is None:
+            raise CheckpointError(f"{source} is {released}; pass its config")
+        config = inferred
+    model = build(config)
+    try:
+        load(model, state_dict, source)
+    except CheckpointError as exc:
+        hint = f" The file looks like {inferred.name}." if inferred and inferred != config else ""
+        raise CheckpointError(f"{exc} (config {config.name}).{hint}") from exc
+    logger.info("loaded %s from %s", config.name, source)
     return model

@@ -43,6 +43,7 @@ from ..checkpoint import (
     FAMILY_FOCSAM,
     FAMILY_UNKNOWN,
     CheckpointError,
+    build_and_load,
     detect_family,
     expect_family,
 )
@@ -553,18 +554,8 @@ def load_focsam(path: str | Path, config: FocSamConfig | None = None,
     """
     state_dict = read_focsam_checkpoint(path)
     inferred = infer_focsam_config(state_dict)
-    if config is None:
-        if inferred is None:
-            raise CheckpointError(
-                f"{path} is a FocSAM state_dict of no released size "
-                f"({', '.join(_RELEASED_CONFIGS)}); pass its config"
-            )
-        config = inferred
-    model = build_focsam(config)
-    try:
-        model.load_official_state_dict(state_dict, source=str(path))
-    except CheckpointError as exc:
-        hint = f" The file looks like {inferred.name}." if inferred and inferred != config else ""
-        raise CheckpointError(f"{exc} (config {config.name}).{hint}") from exc
-    logger.info("loaded %s from %s", config.name, path)
+    model = build_and_load(
+        state_dict, config, inferred, build=build_focsam,
+        load=lambda m, sd, src: m.load_official_state_dict(sd, source=src), source=str(path),
+        released=f"a FocSAM state_dict of no released size ({', '.join(_RELEASED_CONFIGS)})")
     return model.to(device).eval()

@@ -10,7 +10,7 @@ import torch
 
 from ..checkpoint import (
     FAMILY_SAM1,
-    CheckpointError,
+    build_and_load,
     expect_family,
     load_checked,
     read_checkpoint,
@@ -77,17 +77,7 @@ def load_sam(path: str | Path, config: SamConfig | None = None,
     expect_family(obj, FAMILY_SAM1, path)
     state_dict = obj
     inferred = infer_sam_config(state_dict)
-    if config is None:
-        if inferred is None:
-            raise CheckpointError(
-                f"{path} is a SAM 1 state_dict of no released size (ViT-B/L/H); pass its config"
-            )
-        config = inferred
-    model = build_sam(config)
-    try:
-        load_checked(model, state_dict, source=str(path))
-    except CheckpointError as exc:
-        hint = f" The file looks like {inferred.name}." if inferred and inferred != config else ""
-        raise CheckpointError(f"{exc} (config {config.name}).{hint}") from exc
-    logger.info("loaded %s from %s", config.name, path)
+    model = build_and_load(state_dict, config, inferred, build=build_sam, load=load_checked,
+                           source=str(path),
+                           released="a SAM 1 state_dict of no released size (ViT-B/L/H)")
     return model.to(device)

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import FAMILY_SAM2, CheckpointError, expect_family, load_checked, read_checkpoint
+from ..checkpoint import (
+    FAMILY_SAM2,
+    CheckpointError,
+    build_and_load,
+    expect_family,
+    load_checked,
+    read_checkpoint,
+)
 from .config import SAM2_CONFIGS, Sam2Config
 from .model import Sam2Model, build_sam2
 
@@ -77,15 +84,6 @@ def load_sam2(path: str | Path, config: Sam2Config | None = None,
     expect_family(obj, FAMILY_SAM2, path)
     state_dict = sam2_state_dict(obj, str(path))
     inferred = infer_sam2_config(state_dict)
-    if config is None:
-        if inferred is None:
-            raise CheckpointError(f"{path} is a SAM 2 checkpoint of no released size; pass its config")
-        config = inferred
-    model = build_sam2(config)
-    try:
-        load_checked(model, state_dict, source=str(path))
-    except CheckpointError as exc:
-        hint = f" The file looks like {inferred.name}." if inferred and inferred != config else ""
-        raise CheckpointError(f"{exc} (config {config.name}).{hint}") from exc
-    logger.info("loaded %s from %s", config.name, path)
+    model = build_and_load(state_dict, config, inferred, build=build_sam2, load=load_checked,
+                           source=str(path), released="a SAM 2 checkpoint of no released size")
     return model.to(device)
