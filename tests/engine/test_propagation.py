@@ -544,3 +544,21 @@ def test_fill_small_holes_diagonal_and_errors():
         fill_small_holes(x, 0)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         fill_small_holes(x[0], 2)
+
+
+def test_bounded_memory_propagate_both_matches_unbounded(model):
+    """The backward half of `propagate_both` reads frames just after `start` that the forward
+    half has walked past: bounded memory must keep them."""
+    n, start = 36, 12
+    feats = StackFeatures(model, _disc_stack(n))
+    runs = {}
+    for bounded in (True, False):
+        prop = VideoPropagator(model, feats, HW, PropagationOptions(non_overlap=False,
+                                                                    bounded_memory=bounded))
+        prop.add_points(start, 1, [[20, 24]], [1])
+        prop.add_points(start, 2, [[10, 14]], [1])
+        runs[bounded] = list(prop.propagate_both())
+    assert [r.frame for r in runs[True]] == list(range(start, n)) + list(range(start, -1, -1))
+    assert [r.frame for r in runs[True]] == [r.frame for r in runs[False]]
+    assert runs[True][-1].done == runs[True][-1].total
+    _assert_results_equal(runs[True], runs[False])

@@ -455,7 +455,8 @@ class VideoPropagator:
 
     @torch.no_grad()
     def propagate(self, start: int | None = None, reverse: bool = False,
-                  max_frames: int | None = None) -> Iterator[FrameResult]:
+                  max_frames: int | None = None, *,
+                  keep_from: int | None = None) -> Iterator[FrameResult]:
         """Track every object frame by frame, yielding each frame's result as it is done.
 
         Parameters
@@ -466,6 +467,9 @@ class VideoPropagator:
             Walk towards frame 0.
         max_frames : int, optional
             Frames to track after `start` (default: to the end of the stack).
+        keep_from : int, optional
+            With bounded memory, also keep the outputs of the frames a pass starting at this
+            frame in the other direction will read (`propagate_both` sets it to `start`).
 
         Yields
         ------
@@ -484,7 +488,7 @@ class VideoPropagator:
             end = min(start + span, self.num_frames - 1)
             order = list(range(start, end + 1))
         for done, frame in enumerate(order, start=1):
-            yield self._propagate_frame(frame, reverse, done, len(order))
+            yield self._propagate_frame(frame, reverse, done, len(order), keep_from=keep_from)
 
     def propagate_both(self, start: int | None = None) -> Iterator[FrameResult]:
         """Forward from `start` (default: earliest prompted frame) to the end, then backward
@@ -495,7 +499,7 @@ class VideoPropagator:
         start = self._check_frame(start)
         total = self.num_frames + (1 if start > 0 else 0)
         done = 0
-        for result in self.propagate(start, reverse=False):
+        for result in self.propagate(start, reverse=False, keep_from=start):
             done += 1
             yield FrameResult(result.frame, result.obj_ids, result.logits, done, total)
         for result in self.propagate(start, reverse=True):
@@ -524,7 +528,8 @@ class VideoPropagator:
             for frame in track.cond:
                 track.non_cond.pop(frame, None)
 
-    def _propagate_frame(self, frame: int, reverse: bool, done: int, total: int) -> FrameResult:
+    def _propagate_frame(self, frame: int, reverse: bool, done: int, total: int,
+                         keep_from: int | None = None) -> FrameResult:
         to_run = [t for t in self.tracks.values() if frame not in t.cond]
         if to_run:
             outs = self._run_frame(to_run, frame, False, reverse, run_memory=True)
@@ -541,11 +546,14 @@ class VideoPropagator:
         if self.options.non_overlap:
             logits = apply_non_overlap(logits)
         if self.options.bounded_memory:
-            self._drop_unreachable(frame, reverse)
+            self._drop_unreachable(frame, reverse, keep_from)
         return FrameResult(frame, self.obj_ids, logits, done, total)
 
-    def _drop_unreachable(self, frame: int, reverse: bool) -> None:
-        """Drop tracked outputs behind `frame` that later frames of this pass cannot use."""
+    def _drop_unreachable(self, frame: int, reverse: bool, keep_from: int | None = None) -> None:
+        """Drop tracked outputs behind `frame` that later frames of this pass cannot use.
+
+        Outputs a pass from `keep_from` in the opposite direction will read are kept.
+        """
         cfg = self.model.config
         # The next frame of the pass reads recent memories at most (num_maskmem - 2) strides
         # behind `frame` (its oldest slot is num_maskmem - 1 strides behind itself) and object
@@ -553,9 +561,14 @@ class VideoPropagator:
         stride = max(1, cfg.memory_temporal_stride_for_eval)
         keep_memory = (cfg.num_maskmem - 2) * stride if cfg.num_maskmem >= 2 else -1
         keep_pointer = cfg.max_obj_ptrs_in_encoder - 2 if cfg.use_obj_ptrs_in_encoder else -1
+        # the other pass's first frame (keep_from) reads this far on its near side
+        reach = max((cfg.num_maskmem - 1) * stride, cfg.max_obj_ptrs_in_encoder - 1)
         for track in self.tracks.values():
             for t in list(track.non_cond):
                 behind = (t - frame) if reverse else (frame - t)
+                if keep_from is not None and 0 <= ((keep_from - t) if reverse
+                                                   else (t - keep_from)) <= reach:
+                    continue
                 if behind > max(keep_memory, keep_pointer):
                     del track.non_cond[t]
                 elif behind > keep_memory:
