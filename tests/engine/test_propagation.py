@@ -562,3 +562,4 @@ def test_bounded_memory_propagate_both_matches_unbounded(model):
     assert [r.frame for r in runs[True]] == [r.frame for r in runs[False]]
     assert runs[True][-1].done == runs[True][-1].total
     _assert_results_equal(runs[True], runs[False])
+

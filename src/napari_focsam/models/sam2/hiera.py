@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common import attend
 from ..sam.image_encoder import window_partition
 from .config import HieraBlockSpec, HieraConfig
 
@@ -177,7 +178,7 @@ class MultiScaleAttention(nn.Module):
         else:
             qh, qw = gh, gw
             q = parts[:, :, 0].transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # B' x heads x Nq x Ch
+        out = attend(q, k, v)  # B' x heads x Nq x Ch
         if window:
             out = window_unpartition_heads(out, b, (hp // window, wp // window),
                                            (window // stride[0], window // stride[1]))

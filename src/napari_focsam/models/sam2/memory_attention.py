@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import merge_heads, split_heads
+from ..common import attend, merge_heads, split_heads
 from ..sam.transformer import Attention
 
 logger = logging.getLogger(__name__)
@@ -180,10 +180,7 @@ class RoPEAttention(Attention):
 
         b = max(q.shape[0], k.shape[0], v.shape[0])
         q, k, v = (t.expand(b, -1, -1, -1) for t in (q, k, v))
-        mask = None
-        if key_padding_mask is not None:
-            mask = ~key_padding_mask.to(torch.bool)[:, None, None, :]  # B x 1 x 1 x Nk, True = attend
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = attend(q, k, v, key_padding_mask)
         return self.out_proj(merge_heads(out))
 
 
