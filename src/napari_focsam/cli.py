@@ -2,6 +2,8 @@
 
 Subcommands
 -----------
+weights list | download | verify | path
+    The checkpoint registry: what is cached, fetch (with hash check), verify, where it goes.
 bench sam
     Image-encoder time (fp32 / bf16), click latency and peak RSS of a SAM model.
 bench focsam
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_weights import add_weights_parser, run_weights
 
 logger = logging.getLogger("napari_focsam")
 
@@ -80,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-focsam {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_weights_parser(sub)
     _add_bench_parser(sub)
     return parser
 
@@ -136,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "weights":
+            return run_weights(args)
         if args.command == "bench":
             return _run_bench(args)
     except (KeyError, ValueError) as exc:

@@ -1,0 +1,297 @@
+"""The weights cache: where checkpoints live, their hashes, and checking a file.
+
+Environment variables
+---------------------
+NAPARI_FOCSAM_WEIGHTS_DIR
+    Cache folder (default: ``platformdirs.user_cache_dir("napari-focsam")/weights``).
+NAPARI_FOCSAM_WEIGHTS_URL
+    Base URL of a mirror: a file is then fetched from ``<base>/<spec.filename>``.
+NAPARI_FOCSAM_OFFLINE
+    ``1`` / ``true`` / ``yes`` / ``on``: never use the network.
+
+Checkpoints without a published hash (SAM 2.0, FocSAM) get it recorded in ``<file>.sha256``
+on first download ("trust on first use") and are checked against it from then on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+from .registry import HashMismatchError, WeightSpec, WeightsVerificationError, get_spec
+
+logger = logging.getLogger(__name__)
+
+ENV_CACHE_DIR = "NAPARI_FOCSAM_WEIGHTS_DIR"
+ENV_BASE_URL = "NAPARI_FOCSAM_WEIGHTS_URL"
+ENV_OFFLINE = "NAPARI_FOCSAM_OFFLINE"
+#: Bytes read at a time when hashing (files are up to a few GB).
+HASH_CHUNK_SIZE = 1 << 20
+SIDECAR_SUFFIX = ".sha256"
+_TRUE = {"1", "true", "yes", "on"}
+_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<body", b"<?xml")
+_TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
+
+__all__ = [
+    "ENV_BASE_URL",
+    "ENV_CACHE_DIR",
+    "ENV_OFFLINE",
+    "cached_path",
+    "download_url",
+    "expected_sha256",
+    "format_problem",
+    "is_offline",
+    "read_recorded_sha256",
+    "record_sha256",
+    "register_local_file",
+    "sha256_file",
+    "sidecar_path",
+    "verify_weights",
+    "weights_dir",
+    "weights_status",
+]
+
+WeightsStatus = Literal["missing", "cached", "unverified"]
+
+# ------------------------------------------------------------------------------ locations / env
+def weights_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The weights cache folder: ``cache_dir``, else ``$NAPARI_FOCSAM_WEIGHTS_DIR``, else
+    ``<user cache dir>/napari-focsam/weights``. Not created here."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-focsam")) / "weights"
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``$NAPARI_FOCSAM_OFFLINE`` is set to a true value."""
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get(ENV_OFFLINE, "").strip().lower() in _TRUE
+
+
+def cached_path(model_id: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the checkpoint of ``model_id`` is (or will be) in the cache."""
+    return weights_dir(cache_dir) / get_spec(model_id).filename
+
+
+def download_url(model_id: str, url: str | None = None) -> str:
+    """The URL ``model_id`` is fetched from: ``<base>/<filename>`` for a base URL given as
+    ``url`` or ``$NAPARI_FOCSAM_WEIGHTS_URL``, else the official URL."""
+    spec = get_spec(model_id)
+    base = url if url else os.environ.get(ENV_BASE_URL, "").strip()
+    return f"{base.rstrip('/')}/{spec.filename}" if base else spec.url
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The ``<file>.sha256`` holding the first-recorded hash of ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_recorded_sha256(path: Path) -> str | None:
+    """The hash recorded in ``<path>.sha256`` on first download, or None."""
+    side = sidecar_path(path)
+    try:
+        text = side.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text[0].lower() if text else None
+
+
+def record_sha256(path: Path, digest: str) -> None:
+    """Write ``digest`` to ``<path>.sha256`` (``sha256sum`` format), atomically."""
+    side = sidecar_path(path)
+    tmp = side.with_name(f"{side.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{digest}  {path.name}\n", encoding="ascii")
+    os.replace(tmp, side)
+
+
+def expected_sha256(model_id: str, path: str | os.PathLike[str]) -> str | None:
+    """The hash ``path`` must have: the published one, else the one recorded next to it."""
+    spec = get_spec(model_id)
+    return spec.sha256.lower() if spec.sha256 else read_recorded_sha256(Path(path))
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file, read in :data:`HASH_CHUNK_SIZE` chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- verification
+def _looks_like_html(head: bytes) -> bool:
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").lower().startswith(_HTML_MARKERS)
+
+
+def format_problem(spec: WeightSpec, path: Path, zip_expected: bool | None = None) -> str | None:
+    """Why ``path`` cannot be ``spec``'s file, judged from its size and first bytes (a zip
+    archive is also opened when ``zip_expected``; default: a ``.zip`` file for a ``.zip``
+    spec, as a ``.pth`` taken out of it is fine too); None if it looks right."""
+    if zip_expected is None:
+        zip_expected = spec.filename.endswith(".zip") and path.suffix.lower() == ".zip"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path} is empty (0 bytes)"
+    with path.open("rb") as f:
+        head = f.read(512)
+    if _looks_like_html(head):
+        return f"{path} is an HTML page ({size} bytes), not a checkpoint"
+    if zip_expected:
+        if not zipfile.is_zipfile(path):
+            return f"{path} ({size} bytes) is not a zip archive (truncated or corrupt?)"
+    elif not head.startswith(_TORCH_MAGICS):
+        return f"{path} ({size} bytes) is not a PyTorch checkpoint (starts with {head[:8]!r})"
+    return None
+
+
+def _check_family(spec: WeightSpec, path: Path) -> None:
+    from ..models.checkpoint import CheckpointError, detect_family
+
+    want = {"sam": "sam1", "sam2": "sam2", "focsam": "focsam"}[spec.family]
+    try:
+        if spec.family == "focsam":
+            from ..models.focsam.loading import read_focsam_checkpoint
+
+            found = detect_family({"state_dict": read_focsam_checkpoint(path)})
+        else:
+            from ..models.checkpoint import read_checkpoint
+
+            found = detect_family(read_checkpoint(path))
+    except CheckpointError as exc:
+        raise WeightsVerificationError(f"{path} cannot be read as {spec.id}: {exc}") from exc
+    if found != want:
+        raise WeightsVerificationError(
+            f"{path} is not a {want} checkpoint as {spec.id} needs (its layout is: {found})")
+
+
+def verify_weights(model_id: str, path: str | os.PathLike[str], *, deep: bool = False) -> str:
+    """Check that ``path`` is the checkpoint of ``model_id``.
+
+    Parameters
+    ----------
+    model_id : str
+        Registry id.
+    path : str or path-like
+        The file (a cached one or any local copy).
+    deep : bool
+        Also load it and check its model family (slow: reads the whole checkpoint with torch).
+
+    Returns
+    -------
+    str
+        The file's SHA-256 (hex).
+
+    Raises
+    ------
+    UnknownModelError
+        Unregistered ``model_id``.
+    WeightsVerificationError
+        Missing or empty file, an HTML page, not a zip / PyTorch file, or (``deep``) a
+        checkpoint of another family.
+    HashMismatchError
+        The hash differs from the published one or from the one recorded in ``<path>.sha256``.
+    """
+    spec = get_spec(model_id)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise WeightsVerificationError(f"weights file for {model_id} not found: {path}")
+    problem = format_problem(spec, path)
+    if problem:
+        raise WeightsVerificationError(f"{problem}; get {spec.filename} from {spec.manual_url}")
+    actual = sha256_file(path)
+    expected = expected_sha256(model_id, path)
+    if expected and actual != expected:
+        hint = ("" if spec.sha256 else f"The hash was recorded on first download in "
+                f"{sidecar_path(path)}; delete that file if the new one is legitimate.")
+        raise HashMismatchError(str(path), expected, actual, hint=hint)
+    if deep:
+        _check_family(spec, path)
+    return actual
+
+
+def weights_status(model_id: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                   check_hash: bool = False) -> WeightsStatus:
+    """State of ``model_id`` in the cache, for the GUI.
+
+    Returns
+    -------
+    {'missing', 'cached', 'unverified'}
+        ``'missing'``: no file. ``'cached'``: a non-empty file with a reference hash (published
+        or recorded); with ``check_hash=True`` (slow for GB files) also matching it.
+        ``'unverified'``: a file with no reference hash yet, an empty one, or (``check_hash``)
+        one that fails verification. :func:`fetch_weights` always verifies before use.
+    """
+    path = cached_path(model_id, cache_dir)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0 or expected_sha256(model_id, path) is None:
+        return "unverified"
+    if check_hash:
+        try:
+            verify_weights(model_id, path)
+        except WeightsVerificationError:
+            return "unverified"
+    return "cached"
+
+
+def register_local_file(model_id: str, path: str | os.PathLike[str], *, copy: bool = False,
+                        cache_dir: str | os.PathLike[str] | None = None, deep: bool = False) -> Path:
+    """Use a checkpoint obtained by hand (e.g. downloaded in a browser).
+
+    Parameters
+    ----------
+    model_id : str
+        Registry id.
+    path : str or path-like
+        The file.
+    copy : bool
+        False: only verify it and return its path. True: copy it into the cache (atomically),
+        recording its hash when none is published, so :func:`fetch_weights` finds it offline.
+    cache_dir : str or path-like, optional
+        Cache folder for ``copy=True``.
+    deep : bool
+        Also check its model family (slow).
+
+    Returns
+    -------
+    Path
+        ``path`` (resolved) or the cached copy.
+    """
+    src = Path(path).expanduser().resolve()
+    digest = verify_weights(model_id, src, deep=deep)
+    if not copy:
+        return src
+    target = cached_path(model_id, cache_dir)
+    if src == target.resolve():
+        return target
+    if src.suffix.lower() != target.suffix.lower():
+        raise WeightsVerificationError(
+            f"{src} is not a {target.suffix} file like {target.name}: copy that file into the "
+            f"cache, or use {src.name} in place (copy=False)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, part_name = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.", suffix=".part")
+    part = Path(part_name)
+    try:
+        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
+            shutil.copyfileobj(inp, out, 16 << 20)
+        if not get_spec(model_id).sha256:
+            record_sha256(target, digest)
+        os.replace(part, target)
+    finally:
+        part.unlink(missing_ok=True)
+    logger.info("copied %s to %s", src, target)
+    return target

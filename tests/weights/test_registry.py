@@ -1,0 +1,125 @@
+"""The registry of official checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from napari_focsam.weights import (
+    FAMILIES,
+    WEIGHTS,
+    UnknownModelError,
+    WeightsError,
+    WeightSpec,
+    download_url,
+    get_spec,
+    list_specs,
+)
+
+UNPUBLISHED = {"sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus", "sam2_hiera_large",
+               "focsam_vit_h"}
+
+
+def test_every_released_model_is_registered():
+    assert set(WEIGHTS) == {
+        "sam_vit_b", "sam_vit_l", "sam_vit_h",
+        "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
+        *UNPUBLISHED,
+    }
+    assert all(key == spec.id for key, spec in WEIGHTS.items())
+
+
+def test_published_hashes_are_sha256_hex():
+    for spec in WEIGHTS.values():
+        if spec.id in UNPUBLISHED:
+            assert spec.sha256 is None, spec.id
+        else:
+            assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.id
+    assert len({s.sha256 for s in WEIGHTS.values() if s.sha256}) == 7
+    assert get_spec("sam_vit_b").sha256 == (
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912")
+
+
+def test_configs_exist_in_the_model_code():
+    from napari_focsam.models.focsam.config import FOCSAM_CONFIGS
+    from napari_focsam.models.sam.config import SAM_CONFIGS
+    from napari_focsam.models.sam2.config import SAM2_CONFIGS
+
+    configs = {"sam": SAM_CONFIGS, "sam2": SAM2_CONFIGS, "focsam": FOCSAM_CONFIGS}
+    for spec in WEIGHTS.values():
+        assert spec.family in FAMILIES
+        assert spec.config in configs[spec.family], spec.id
+
+
+def test_urls_and_file_names():
+    for spec in list_specs("sam") + list_specs("sam2"):
+        assert spec.source == "http"
+        assert spec.url.startswith("https://dl.fbaipublicfiles.com/")
+        assert spec.url.rsplit("/", 1)[1] == spec.filename
+        assert spec.archive_member is None
+    assert get_spec("sam2.1_hiera_large").url.endswith("/092824/sam2.1_hiera_large.pt")
+    assert get_spec("sam2_hiera_large").url.endswith("/072824/sam2_hiera_large.pt")
+    focsam = get_spec("focsam_vit_h")
+    assert focsam.source == "gdrive"
+    assert focsam.filename == "focsam_vit_h.zip"
+    assert focsam.archive_member == "iter_160000.pth"
+    assert focsam.url == ("https://drive.usercontent.google.com/download?"
+                          "id=1VOeMkY9LovfWYi66JMR8q79gFiC4n3Az&export=download&confirm=t")
+    assert focsam.manual_url == "https://drive.google.com/file/d/1VOeMkY9LovfWYi66JMR8q79gFiC4n3Az"
+    assert get_spec("sam_vit_b").manual_url == get_spec("sam_vit_b").url
+
+
+def test_sizes_are_known_where_published():
+    assert get_spec("sam_vit_h").size == 2564550879
+    assert get_spec("sam2.1_hiera_tiny").size == 156008466
+    for spec in WEIGHTS.values():
+        assert (spec.size is None) == (spec.id in UNPUBLISHED), spec.id
+
+
+def test_unknown_model_suggests_a_close_id():
+    with pytest.raises(UnknownModelError) as info:
+        get_spec("sam_vit_bb")
+    err = info.value
+    assert isinstance(err, ValueError) and isinstance(err, WeightsError)
+    assert err.suggestion == "sam_vit_b"
+    assert "Did you mean 'sam_vit_b'?" in str(err)
+    assert "sam2.1_hiera_tiny" in str(err) and "focsam_vit_h" in str(err)
+    with pytest.raises(UnknownModelError) as info:
+        get_spec("zzz")
+    assert info.value.suggestion is None
+
+
+def test_list_specs_by_family():
+    assert [s.id for s in list_specs("sam")] == ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
+    assert len(list_specs("sam2")) == 8
+    assert [s.id for s in list_specs("focsam")] == ["focsam_vit_h"]
+    assert list_specs() == list(WEIGHTS.values())
+    with pytest.raises(ValueError, match="unknown family"):
+        list_specs("sam3")
+
+
+def test_specs_are_frozen_and_looked_up_at_call_time(monkeypatch):
+    spec = get_spec("sam_vit_b")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.url = "http://elsewhere"  # type: ignore[misc]
+    fake = WeightSpec("my_model", "sam", "sam_test_tiny", "my.pth", "http://example.invalid/my.pth")
+    monkeypatch.setitem(WEIGHTS, "my_model", fake)
+    assert get_spec("my_model") is fake
+    assert download_url("my_model") == "http://example.invalid/my.pth"
+    assert download_url("my_model", "http://mirror/w/") == "http://mirror/w/my.pth"
+    monkeypatch.setenv("NAPARI_FOCSAM_WEIGHTS_URL", "http://env-mirror")
+    assert download_url("my_model") == "http://env-mirror/my.pth"
+    assert download_url("focsam_vit_h") == "http://env-mirror/focsam_vit_h.zip"
+
+
+def test_importing_weights_is_cheap():
+    code = ("import json, sys, napari_focsam.weights, napari_focsam.cli_weights; "
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {name.split(".")[0] for name in json.loads(out.stdout)}
+    assert not loaded & {"torch", "requests", "pooch", "napari", "qtpy"}
