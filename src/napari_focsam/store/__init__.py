@@ -1,0 +1,58 @@
+"""Embedding store: run the image encoder once per image / stack, reuse the features.
+
+- :mod:`.stack_source` -- lazy ``(H, W, 3)`` uint8 frames of 2D / 3D / 4D array-likes,
+- :mod:`.contrast` -- one contrast stretch (percentile limits) for a whole stack,
+- :mod:`.hashing` -- streaming content hashes and cache keys,
+- :mod:`.ram_cache` -- thread-safe LRU bounded by bytes,
+- :mod:`.cache_spec` -- what a cache entry holds, where entries live, the cache errors,
+- :mod:`.disk_cache` -- resumable zarr cache entries with validation and checksums,
+- :mod:`.encoder_base` -- the encoder protocol and shared helpers,
+- :mod:`.encoders`, :mod:`.sam2_encoder` -- SAM / FocSAM / SAM 2 adapters (encode in batches,
+  rebuild the consumers' features),
+- :mod:`.embedding_store` -- `EmbeddingStore`, tying them together (a propagation
+  ``FeatureProvider``), and :mod:`.views` -- its progress steps and per-outer-index views.
+"""
+
+from .cache_spec import (
+    ENV_CACHE_DIR,
+    CacheCorruptError,
+    CacheError,
+    CacheMismatchError,
+    CacheSpec,
+    CacheWriteError,
+    default_cache_root,
+    resolve_cache_root,
+)
+from .disk_cache import DiskCache
+from .embedding_store import ComputeProgress, EmbeddingStore, StackView
+from .encoders import FocSamEncoder, FrameEncoder, Sam2Encoder, SamEncoder, model_fingerprint
+from .hashing import cache_key, content_hash
+from .ram_cache import RamCache, estimate_nbytes
+from .stack_source import StackError, StackSource, apply_limits
+
+__all__ = [
+    "ENV_CACHE_DIR",
+    "CacheCorruptError",
+    "CacheError",
+    "CacheMismatchError",
+    "CacheSpec",
+    "CacheWriteError",
+    "ComputeProgress",
+    "DiskCache",
+    "EmbeddingStore",
+    "FocSamEncoder",
+    "FrameEncoder",
+    "RamCache",
+    "Sam2Encoder",
+    "SamEncoder",
+    "StackError",
+    "StackSource",
+    "StackView",
+    "apply_limits",
+    "cache_key",
+    "content_hash",
+    "default_cache_root",
+    "estimate_nbytes",
+    "model_fingerprint",
+    "resolve_cache_root",
+]
