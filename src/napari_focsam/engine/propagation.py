@@ -18,7 +18,11 @@ Differences from the official ``SAM2VideoPredictor`` (all optional, see `Propaga
 - **Bounded memory** (default on): outputs that no later frame of the current pass can use are
   dropped as the pass moves on: memory features beyond the recent-memory window and whole
   outputs beyond the object-pointer window, in the direction of the pass. Conditioning frames
-  are always kept. Memory therefore stays flat over arbitrarily long stacks.
+  are always kept. Memory therefore stays flat over arbitrarily long stacks. `propagate_both`
+  keeps what its backward half reads. Trade-off: a later pass started in the middle of frames
+  an earlier pass walked past (``propagate(start=k)`` after a correction on frame k) finds
+  fewer memories behind k than with bounded memory off, and can differ from it; the default
+  start (the earliest conditioning frame) recomputes them and gives the same result.
 - **Streaming and cancellation**: `propagate` is a generator; the state is consistent after
   every yielded frame, so a caller may stop iterating at any time and keep what it got.
 """
