@@ -40,7 +40,8 @@ def test_forbidden_filter():
     assert not _is_forbidden("torch")
 
 
-@pytest.mark.parametrize("module", ["napari_focsam.models", "napari_focsam.engine"])
+@pytest.mark.parametrize("module", ["napari_focsam.models", "napari_focsam.engine", "napari_focsam.store",
+                                    "napari_focsam.weights", "napari_focsam.api"])
 def test_headless_packages_do_not_import_gui(module):
     result = subprocess.run(
         [sys.executable, "-c", _PROBE.format(module=module)],

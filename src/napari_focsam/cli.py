@@ -4,6 +4,12 @@ Subcommands
 -----------
 weights list | download | verify | path
     The checkpoint registry: what is cached, fetch (with hash check), verify, where it goes.
+embed
+    Compute an image's or stack's embeddings once (disk cache, resumable).
+segment
+    Draw the objects of a prompts file (CSV / JSON) on their frames -> labels TIFF.
+propagate
+    Carry every prompted object through the z / t stack with SAM 2 -> labels TIFF.
 bench sam
     Image-encoder time (fp32 / bf16), click latency and peak RSS of a SAM model.
 bench focsam
@@ -25,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_stack import add_stack_parsers, run_stack
 from .cli_weights import add_weights_parser, run_weights
 
 logger = logging.getLogger("napari_focsam")
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
     add_weights_parser(sub)
+    add_stack_parsers(sub)
     _add_bench_parser(sub)
     return parser
 
@@ -142,6 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "weights":
             return run_weights(args)
+        if args.command in ("embed", "segment", "propagate"):
+            return run_stack(args)
         if args.command == "bench":
             return _run_bench(args)
     except (KeyError, ValueError) as exc:

@@ -1,0 +1,367 @@
+"""Headless segmentation of an image or a z / t stack: what the widgets and the CLI call.
+
+`Segmenter` holds one image or stack (a `StackSource`), an *interactive* model (SAM, FocSAM or
+SAM 2) that draws objects from prompts on a frame, and for stacks a *propagation* model
+(SAM 2) that carries every object through the stack. Encoder features come from embedding
+stores (RAM + disk cache), so each frame is encoded once per model, ever.
+
+Labels are ``(n_frames, H, W)`` int32 internally (frames flat, outer-major for 4D data) and
+are returned in the data's axis order (the data's axes without the channel axis) by
+`labels_in_data_order`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..engine.precision import autocast_context
+from ..engine.propagation import PropagationOptions, VideoPropagator
+from ..store import EmbeddingStore, StackSource
+from .models import LoadedModel, ModelChoiceError
+from .prompts_file import ObjectPrompt
+
+__all__ = ["Progress", "PromptPlacementError", "Segmenter"]
+
+logger = logging.getLogger(__name__)
+
+DIRECTIONS = ("both", "forward", "backward")
+
+
+class PromptPlacementError(ValueError):
+    """A prompt outside the image, on a frame that does not exist, or otherwise unusable."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Progress of a long operation.
+
+    Attributes
+    ----------
+    stage : str
+        ``"embed:<role>"`` or ``"propagate"``.
+    done, total : int
+        Units (frames) finished and planned.
+    frame : int or None
+        Flat frame index just finished.
+    """
+
+    stage: str
+    done: int
+    total: int
+    frame: int | None = None
+
+
+def _encoder(loaded: LoadedModel):
+    from ..store import FocSamEncoder, Sam2Encoder, SamEncoder
+
+    klass = {"sam": SamEncoder, "focsam": FocSamEncoder, "sam2": Sam2Encoder}[loaded.family]
+    return klass(loaded.net, device=loaded.device, encoder_dtype=loaded.dtype)
+
+
+class Segmenter:
+    """Segment and propagate objects on one image or stack, without napari.
+
+    Parameters
+    ----------
+    data : array-like
+        2D image, 3D stack or 4D hyperstack (numpy, dask, zarr, memmap...); read lazily.
+    interactive : LoadedModel
+        Draws objects from prompts (SAM, FocSAM or SAM 2).
+    propagation : LoadedModel or None
+        SAM 2, for stacks; may be the same object as `interactive`.
+    stack_axis, channel_axis, outer_axis : int or None
+        See `napari_focsam.store.StackSource`.
+    cache_root : path, None or False
+        Disk cache folder (None: the default; False: RAM only).
+    ram_bytes : int
+        RAM bound of each embedding store.
+    disk_dtype : {"float32", "float16"}
+        Disk cache precision.
+    options : PropagationOptions, optional
+        Propagation behaviour (default: sticky corrections, non-overlapping objects).
+    """
+
+    def __init__(self, data, *, interactive: LoadedModel, propagation: LoadedModel | None = None,
+                 stack_axis: int | None = None, channel_axis: int | None = None,
+                 outer_axis: int | None = None, cache_root=None, ram_bytes: int = 1 << 30,
+                 disk_dtype: str = "float32", options: PropagationOptions | None = None) -> None:
+        if propagation is not None and propagation.family != "sam2":
+            raise ModelChoiceError(f"the propagation model must be SAM 2, got {propagation.model_id!r} "
+                                   f"({propagation.family})")
+        self.source = StackSource(data, stack_axis=stack_axis, channel_axis=channel_axis,
+                                  outer_axis=outer_axis)
+        self.interactive = interactive
+        self.propagation = propagation
+        self.options = options or PropagationOptions()
+        store_kw = {"cache_root": cache_root, "ram_bytes": ram_bytes, "disk_dtype": disk_dtype}
+        self.stores: dict[str, EmbeddingStore] = {
+            "interactive": EmbeddingStore(self.source, _encoder(interactive), **store_kw)}
+        if propagation is not None:
+            self.stores["propagation"] = (self.stores["interactive"] if propagation is interactive
+                                          else EmbeddingStore(self.source, _encoder(propagation),
+                                                              **store_kw))
+        h, w = self.source.frame_shape
+        self.labels = np.zeros((len(self.source), h, w), dtype=np.int32)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def is_stack(self) -> bool:
+        return self.source.stack_axis is not None
+
+    def flat_frame(self, frame: int | None, outer: int | None = None) -> int:
+        """Flat frame index of (outer, frame) (frame None for a 2D image)."""
+        if not self.is_stack:
+            if frame not in (None, 0) or outer not in (None, 0):
+                where = f"frame {frame}" if frame not in (None, 0) else f"outer index {outer}"
+                raise PromptPlacementError(f"the data is one 2D image: there is no {where}")
+            return 0
+        if frame is None:
+            raise PromptPlacementError("the data is a stack: every prompt needs a frame")
+        n_outer, n_stack = self.source.n_outer, self.source.n_stack
+        outer = 0 if outer is None else int(outer)
+        if not 0 <= int(frame) < n_stack:
+            raise PromptPlacementError(f"frame {frame} does not exist: the stack axis has {n_stack} "
+                                       f"frames (0..{n_stack - 1})")
+        if not 0 <= outer < n_outer:
+            raise PromptPlacementError(f"outer index {outer} does not exist (0..{n_outer - 1})")
+        return self.source.frame_index(outer, int(frame)) if self.source.outer_axis is not None \
+            else int(frame)
+
+    def _check_inside(self, prompt: ObjectPrompt) -> None:
+        # the engine's conventions: a point lies on a pixel (0 <= row < H), a box's corners on
+        # pixel edges (0 <= row <= H), so [0, 0, H, W] is the whole image
+        h, w = self.source.frame_shape
+        if isinstance(prompt.obj_id, bool) or int(prompt.obj_id) != prompt.obj_id \
+                or int(prompt.obj_id) < 1:
+            raise PromptPlacementError(f"object ids are integers >= 1 (0 is the background), "
+                                       f"got {prompt.obj_id!r}")
+        pts = np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2)
+        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc,
+                                                              dtype=np.float64).reshape(2, 2)
+        if len(pts) == 0 and box is None:
+            raise PromptPlacementError(f"object {prompt.obj_id}: no points and no box")
+        labels = np.asarray(prompt.labels).reshape(-1)
+        if len(labels) != len(pts) or not np.isin(labels, (0, 1)).all():
+            raise PromptPlacementError(f"object {prompt.obj_id}: {len(pts)} points need as many "
+                                       f"labels, 1 (positive) or 0 (negative); got {labels.tolist()}")
+        for coords, is_box in ((pts, False), (box, True)):
+            if coords is None:
+                continue
+            if not np.isfinite(coords).all():
+                raise PromptPlacementError(f"object {prompt.obj_id}: prompts must be finite numbers")
+            if is_box:
+                outside = (coords < 0).any(axis=1) | (coords[:, 0] > h) | (coords[:, 1] > w)
+            else:
+                outside = (coords < 0).any(axis=1) | (coords[:, 0] >= h) | (coords[:, 1] >= w)
+            if outside.any():
+                what = "box corner" if is_box else "point"
+                raise PromptPlacementError(
+                    f"object {prompt.obj_id} on frame {prompt.frame}: {what} "
+                    f"{coords[outside][0].tolist()} (row, col) is outside the {h} x {w} image")
+
+    # ------------------------------------------------------------------ embeddings
+    def embed(self, frames: list[int] | None = None, *,
+              cancel_event: threading.Event | None = None) -> Iterator[Progress]:
+        """Compute (or find cached) the features of every frame for each model.
+
+        A generator of `Progress`; stop it or set `cancel_event` to cancel (finished frames
+        stay cached).
+        """
+        seen = set()
+        for role, store in self.stores.items():
+            if id(store) in seen:
+                continue
+            seen.add(id(store))
+            for p in store.compute(frames, cancel_event=cancel_event):
+                yield Progress(f"embed:{role}", p.done, p.total, p.frame)
+
+    @property
+    def encoder_calls(self) -> int:
+        """Frames encoded by this segmenter's stores so far (cache hits excluded)."""
+        return sum(s.encoder_calls for s in {id(s): s for s in self.stores.values()}.values())
+
+    # ------------------------------------------------------------------ one frame
+    def _mask_from_interactive(self, prompt: ObjectPrompt, flat: int) -> np.ndarray:
+        """``(H, W)`` bool: the object drawn by the interactive model on frame `flat`."""
+        loaded = self.interactive
+        store = self.stores["interactive"]
+        if loaded.family == "sam2":
+            outer, _ = self.source.split_index(flat) if self.source.outer_axis is not None \
+                else (0, flat)
+            view = store.view(outer)
+            local = flat if self.source.outer_axis is None else self.source.split_index(flat)[1]
+            prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
+            with torch.no_grad(), autocast_context(loaded.device, loaded.dtype):
+                result = self._prompt_sam2(prop, local, prompt)
+            return result.masks()[0]
+        predictor = store.encoder.predictor
+        predictor.set_features(**store.features(flat))
+        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
+        with torch.no_grad():
+            if len(prompt.points_rc) == 0:
+                pred = predictor.predict(box=box, multimask=False)
+                return pred.masks[0]
+            session = predictor.start_session(box=box)
+            for (r, c), lab in zip(prompt.points_rc, prompt.labels, strict=True):
+                session.add_click(float(r), float(c), bool(lab))
+            return session.mask
+
+    @staticmethod
+    def _prompt_sam2(prop: VideoPropagator, local: int, prompt: ObjectPrompt):
+        pts = np.ascontiguousarray(np.asarray(prompt.points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1])
+        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, np.float32)[[1, 0, 3, 2]]
+        return prop.add_points(local, prompt.obj_id, pts if len(pts) else None,
+                               prompt.labels if len(pts) else None, box)
+
+    def segment_frame(self, prompts: list[ObjectPrompt], frame: int | None = None,
+                      outer: int | None = None) -> np.ndarray:
+        """Draw the objects of `prompts` on one frame with the interactive model.
+
+        Later object ids are painted over earlier ones; the frame's labels in `labels` are
+        replaced only when every object succeeded.
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W)`` int32 labels of that frame.
+        """
+        flat = self.flat_frame(frame, outer)
+        if not prompts:
+            raise PromptPlacementError("no prompts: add points or a box for at least one object")
+        for p in prompts:
+            self._check_inside(p)
+        out = np.zeros(self.source.frame_shape, dtype=np.int32)
+        for p in sorted(prompts, key=lambda p: p.obj_id):
+            out[self._mask_from_interactive(p, flat)] = p.obj_id
+        self.labels[flat] = out
+        return out
+
+    # ------------------------------------------------------------------ propagation
+    def propagate(self, prompts: list[ObjectPrompt], direction: str = "both", *,
+                  cancel_event: threading.Event | None = None) -> Iterator[Progress]:
+        """Carry every prompted object through its stack, writing `labels` frame by frame.
+
+        Prompts enter SAM 2 directly when SAM 2 is also the interactive model; otherwise each
+        object is drawn by the interactive model on its prompted frame(s) and enters SAM 2 as
+        a mask prompt. Frames are written to `labels` as they are done; stopping the generator
+        or setting `cancel_event` keeps them (labels of frames not reached are unchanged).
+
+        The arguments are checked at once (the errors below are raised by this call, before
+        any iteration); the work happens as the returned iterator is consumed.
+
+        Yields
+        ------
+        Progress
+
+        Raises
+        ------
+        ValueError
+            Unknown `direction`.
+        ModelChoiceError
+            No propagation model, or the data is not a stack.
+        PromptPlacementError
+            No prompts, or a prompt outside the image / on a frame that does not exist.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if self.propagation is None or not self.is_stack:
+            raise ModelChoiceError("propagation needs a stack (stack_axis) and a SAM 2 "
+                                   "propagation model")
+        if not prompts:
+            raise PromptPlacementError("no prompts: add points or boxes for at least one object")
+        by_outer: dict[int, list[ObjectPrompt]] = {}
+        for p in prompts:
+            self._check_inside(p)
+            self.flat_frame(p.frame, p.outer)
+            by_outer.setdefault(int(p.outer or 0), []).append(p)
+        return self._propagate(sorted(by_outer.items()), direction, cancel_event)
+
+    def _propagate(self, groups: list[tuple[int, list[ObjectPrompt]]], direction: str,
+                   cancel_event: threading.Event | None) -> Iterator[Progress]:
+        loaded = self.propagation
+        assert loaded is not None
+
+        def step(fn, *args):
+            # grad / autocast state is thread-global: hold it only while the model runs, never
+            # across a `yield` (the caller's code would run without grad, under autocast)
+            with torch.no_grad(), autocast_context(loaded.device, loaded.dtype):
+                return fn(*args)
+
+        n_stack = self.source.n_stack
+        total = n_stack * len(groups)
+        done = 0
+        direct = self.interactive is self.propagation
+        for index, (outer, group) in enumerate(groups):
+            view = self.stores["propagation"].view(outer)
+            prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
+            ordered = sorted(group, key=lambda p: (p.frame, p.obj_id))
+            for p in ordered:
+                if direct:
+                    step(self._prompt_sam2, prop, int(p.frame), p)
+                else:
+                    mask = self._mask_from_interactive(p, self.flat_frame(p.frame, outer))
+                    step(prop.add_mask, int(p.frame), p.obj_id, mask)
+            if direction == "both":
+                results = prop.propagate_both()
+            else:
+                frames = [int(p.frame) for p in group]
+                results = prop.propagate(reverse=direction == "backward",
+                                         start=max(frames) if direction == "backward" else min(frames))
+            seen: set[int] = set()
+            try:
+                while True:
+                    result = step(next, results, None)
+                    if result is None:
+                        break
+                    if cancel_event is not None and cancel_event.is_set():
+                        logger.info("propagation cancelled after %d frames", done)
+                        return
+                    flat = view.frame_index(result.frame)
+                    self.labels[flat] = _compose(result.masks(), result.obj_ids)
+                    if result.frame not in seen:
+                        seen.add(result.frame)
+                        done += 1
+                    yield Progress("propagate", done, total, flat)
+            finally:
+                close = getattr(results, "close", None)
+                if close is not None:
+                    close()
+            done = (index + 1) * n_stack
+
+    def labels_in_data_order(self, labels: np.ndarray | None = None) -> np.ndarray:
+        """`labels` (default: this segmenter's) laid out like the data without its channel axis.
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W)`` for a 2D image; the data's shape without the channel axis otherwise.
+        """
+        labels = self.labels if labels is None else labels
+        src = self.source
+        h, w = src.frame_shape
+        if not self.is_stack:
+            return labels[0]
+        axes = [a for a in range(len(src.shape)) if a != src.channel_axis]
+        spatial = [a for a in axes if a not in (src.stack_axis, src.outer_axis)]
+        if src.outer_axis is not None:
+            arr = labels.reshape(src.n_outer, src.n_stack, h, w)
+            current = [src.outer_axis, src.stack_axis, *spatial]
+        else:
+            arr = labels
+            current = [src.stack_axis, *spatial]
+        order = sorted(current)
+        return np.moveaxis(arr, list(range(len(current))), [order.index(a) for a in current])
+
+
+def _compose(masks: np.ndarray, obj_ids: tuple[int, ...]) -> np.ndarray:
+    """``(B, H, W)`` bool masks -> ``(H, W)`` int32, later ids painted over earlier ones."""
+    out = np.zeros(masks.shape[-2:], dtype=np.int32)
+    for mask, obj in sorted(zip(masks, obj_ids, strict=True), key=lambda t: t[1]):
+        out[mask.reshape(out.shape)] = obj
+    return out

@@ -1,0 +1,99 @@
+"""Model choice of the headless API: ids, roles, checkpoints, offline registry models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from api_helpers import save_tiny_checkpoints
+
+from napari_focsam.api.models import RANDOM_WEIGHTS, ModelChoiceError, family_of, load_model
+from napari_focsam.models.checkpoint import CheckpointError
+from napari_focsam.weights import WeightsNotAvailableError
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return save_tiny_checkpoints(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.mark.parametrize(("model_id", "family"), [
+    ("sam_vit_b", "sam"), ("sam2.1_hiera_tiny", "sam2"), ("sam2_hiera_large", "sam2"),
+    ("focsam_vit_h", "focsam"), ("sam_test_tiny", "sam"), ("sam2_test_tiny", "sam2"),
+    ("focsam_test_tiny", "focsam"),
+])
+def test_family_of(model_id, family):
+    assert family_of(model_id) == family
+
+
+def test_unknown_model_suggests_the_closest_id():
+    with pytest.raises(ModelChoiceError, match="unknown model 'sam2_test_tiy'. Did you mean "
+                                               "'sam2_test_tiny'"):
+        family_of("sam2_test_tiy")
+    with pytest.raises(ModelChoiceError, match="Known models: .*sam_vit_b"):
+        load_model("zzz", weights=RANDOM_WEIGHTS)
+
+
+def test_role_checks():
+    with pytest.raises(ModelChoiceError, match=r"'sam_test_tiny' \(sam\) cannot be the propagation model"):
+        load_model("sam_test_tiny", weights=RANDOM_WEIGHTS, role="propagation")
+    with pytest.raises(ModelChoiceError, match="cannot be the propagation model"):
+        load_model("focsam_vit_h", role="propagation")  # refused before any download
+    with pytest.raises(ModelChoiceError, match="role must be"):
+        load_model("sam2_test_tiny", weights=RANDOM_WEIGHTS, role="tracking")
+
+
+def test_config_name_needs_weights():
+    with pytest.raises(ModelChoiceError, match="config name without a released checkpoint"):
+        load_model("sam2_test_tiny")
+
+
+def test_missing_checkpoint_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model("sam_test_tiny", weights=tmp_path / "nope.pth")
+
+
+def test_registry_model_offline_and_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_FOCSAM_WEIGHTS_DIR", str(tmp_path))
+    with pytest.raises(WeightsNotAvailableError, match="offline"):
+        load_model("sam2.1_hiera_tiny", offline=True, device="cpu")
+    assert list(tmp_path.iterdir()) == []  # nothing downloaded
+
+
+def test_random_weights_are_seeded_and_not_shared():
+    a = load_model("sam2_test_tiny", weights=RANDOM_WEIGHTS, device="cpu", dtype="fp32", seed=3)
+    b = load_model("sam2_test_tiny", weights=RANDOM_WEIGHTS, device="cpu", dtype="fp32", seed=3)
+    assert (a.family, a.weights, a.dtype, a.device.type) == ("sam2", "random", torch.float32, "cpu")
+    assert not a.net.training
+    for (name, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert a.cache_id != b.cache_id  # random weights never share cache entries by id
+
+
+def test_random_weights_leave_the_global_rng_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    load_model("sam_test_tiny", weights=RANDOM_WEIGHTS, device="cpu", dtype="fp32", seed=0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(("model_id", "kind"), [("sam_test_tiny", "sam"), ("sam2_test_tiny", "sam2")])
+def test_local_checkpoint_of_a_config_name(checkpoints, model_id, kind):
+    loaded = load_model(model_id, weights=checkpoints[kind], device="cpu", dtype="fp32",
+                        role="interactive")
+    saved = torch.load(checkpoints[kind], weights_only=True)
+    saved = saved["model"] if kind == "sam2" else saved
+    state = loaded.net.state_dict()
+    assert state.keys() == saved.keys()
+    for name, value in saved.items():
+        assert torch.equal(state[name], value), name
+    assert loaded.weights == str(checkpoints[kind]) and loaded.family == kind
+    assert loaded.cache_id == f"{model_id}@{checkpoints[kind].name}"
+    assert not loaded.net.training
+
+
+def test_checkpoint_of_another_family(checkpoints):
+    with pytest.raises(CheckpointError, match="SAM 2"):
+        load_model("sam_test_tiny", weights=checkpoints["sam2"], device="cpu")
+    with pytest.raises(CheckpointError):
+        load_model("sam2_test_tiny", weights=checkpoints["sam"], device="cpu")

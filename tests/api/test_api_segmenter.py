@@ -1,0 +1,411 @@
+"""The headless `Segmenter`: geometry, labels, directions, cancellation and errors.
+
+Most tests replace the models' drawing and SAM 2's propagator by deterministic fakes (see
+``api_helpers``) so that the labels can be checked pixel for pixel; the last ones run the real
+tiny models (random weights) end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+import torch
+from api_helpers import (
+    FAKE_INTERACTIVE_CALLS,
+    HW,
+    FakePropagator,
+    install_fakes,
+    make_stack,
+    object_center,
+)
+
+from napari_focsam.api.models import ModelChoiceError, load_model
+from napari_focsam.api.prompts_file import ObjectPrompt
+from napari_focsam.api.segmenter import Progress, PromptPlacementError, Segmenter
+
+#: Prompt ids of the disc (true label 1) and of the rectangle (true label 2).
+IDS = {1: 7, 2: 3}
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return load_model("sam_test_tiny", weights="random", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def sam2():
+    return load_model("sam2_test_tiny", weights="random", device="cpu", dtype="fp32")
+
+
+@pytest.fixture
+def fakes(monkeypatch):
+    install_fakes(monkeypatch)
+
+
+def point(obj: int, frame: int | None, t: int | None = None, outer: int | None = None) -> ObjectPrompt:
+    """A positive point inside true object `obj` as it is on frame `t` (default `frame`)."""
+    t = frame if t is None else t
+    return ObjectPrompt(IDS[obj], frame, np.array([object_center(obj, t or 0)]), np.array([1]),
+                        outer=outer)
+
+
+def box(obj: int, frame: int | None, rc: tuple[float, float, float, float]) -> ObjectPrompt:
+    return ObjectPrompt(IDS[obj], frame, box_rc=np.array(rc, dtype=np.float64))
+
+
+def relabel(truth: np.ndarray, objects=(1, 2)) -> np.ndarray:
+    out = np.zeros_like(truth)
+    for obj in objects:
+        out[truth == obj] = IDS[obj]
+    return out
+
+
+# ---------------------------------------------------------------------- propagation
+def test_propagate_both_labels_every_frame_with_prompt_ids(sam, sam2, fakes):
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    steps = list(seg.propagate([point(1, 2), point(2, 2)], "both"))
+    np.testing.assert_array_equal(seg.labels, relabel(truth))
+    assert seg.labels.dtype == np.int32 and seg.labels.shape == (6, *HW)
+    # the interactive model drew each object on its prompted frame; SAM 2 got masks
+    assert sorted(FAKE_INTERACTIVE_CALLS) == [(3, 2), (7, 2)]
+    (prop,) = FakePropagator.instances
+    assert [(kind, f, obj) for kind, f, obj, _ in prop.prompts] == [("mask", 2, 3), ("mask", 2, 7)]
+    assert all(isinstance(s, Progress) and s.stage == "propagate" for s in steps)
+    assert [s.done for s in steps][-1] == steps[-1].total == 6
+    assert {s.frame for s in steps} == set(range(6))
+    assert all(a.done <= b.done for a, b in zip(steps, steps[1:], strict=False))
+
+
+@pytest.mark.parametrize(("direction", "covered"), [
+    ("forward", [2, 3, 4, 5]), ("backward", [0, 1, 2]), ("both", [0, 1, 2, 3, 4, 5])])
+def test_directions_cover_the_right_frames(sam, sam2, fakes, direction, covered):
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    steps = list(seg.propagate([point(1, 2), point(2, 2)], direction))
+    expected = relabel(truth)
+    for t in range(6):
+        if t in covered:
+            np.testing.assert_array_equal(seg.labels[t], expected[t], err_msg=f"frame {t}")
+        else:
+            assert not seg.labels[t].any(), f"frame {t} should not be labelled"
+    assert sorted({s.frame for s in steps}) == covered
+    assert all(s.total == 6 and s.done <= s.total for s in steps)
+
+
+def test_forward_and_backward_start_from_the_outermost_prompt(sam, sam2, fakes):
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    list(seg.propagate([point(1, 1), point(2, 4)], "forward"))
+    expected = relabel(truth)
+    # object 1 from frame 1 on; object 2 only from its prompt on frame 4
+    np.testing.assert_array_equal(seg.labels[1:4], relabel(truth[1:4], objects=(1,)))
+    np.testing.assert_array_equal(seg.labels[4:], expected[4:])
+    assert not seg.labels[0].any()
+    seg.labels[:] = 0
+    list(seg.propagate([point(1, 1), point(2, 4)], "backward"))
+    np.testing.assert_array_equal(seg.labels[:2], expected[:2])
+    np.testing.assert_array_equal(seg.labels[2:5], relabel(truth[2:5], objects=(2,)))
+    assert not seg.labels[5].any()
+
+
+def test_sam2_as_both_models_gets_xy_points_and_boxes(sam2, fakes):
+    """Direct SAM 2 prompts are (x, y): a (row, col) mix-up would pick another object or fail."""
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam2, propagation=sam2, stack_axis=0, cache_root=False)
+    assert len({id(s) for s in seg.stores.values()}) == 1  # one store for both roles
+    rect_box = (22.0, 38.0, 38.0, 50.0)  # (row0, col0, row1, col1) around the rectangle on frame 2
+    list(seg.propagate([point(1, 2), box(2, 2, rect_box)], "both"))
+    np.testing.assert_array_equal(seg.labels, relabel(truth))
+    assert FAKE_INTERACTIVE_CALLS == []  # prompts went to SAM 2 directly
+    (prop,) = FakePropagator.instances
+    by_obj = {obj: (pts, bx) for _, _, obj, pts, bx in prop.prompts}
+    np.testing.assert_array_equal(by_obj[7][0], [[26.0, 8.0]])  # (x, y) of (row 8, col 26)
+    assert by_obj[7][1] is None
+    assert by_obj[3][0] is None
+    np.testing.assert_array_equal(by_obj[3][1], [38.0, 22.0, 50.0, 38.0])
+
+
+def test_box_prompt_through_the_interactive_model(sam, sam2, fakes):
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    list(seg.propagate([box(2, 3, (20.0, 36.0, 39.0, 50.0)), point(1, 3)], "both"))
+    np.testing.assert_array_equal(seg.labels, relabel(truth))
+
+
+@pytest.mark.parametrize("axis", [1, 2])
+def test_stack_axis_other_than_first(sam, sam2, fakes, axis):
+    stack, truth = make_stack(5)
+    data = np.moveaxis(stack, 0, axis)  # (H, Z, W) or (H, W, Z)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=axis, cache_root=False)
+    list(seg.propagate([point(1, 3), point(2, 3)], "both"))
+    out = seg.labels_in_data_order()
+    assert out.shape == data.shape
+    np.testing.assert_array_equal(out, np.moveaxis(relabel(truth), 0, axis))
+    # and each label sits on its object's pixels in the data
+    assert (data[out > 0] == 200).all()
+
+
+@pytest.mark.parametrize(("layout", "channel_axis"), [("tyxc", 3), ("ctyx", 0), ("tcyx", 1)])
+def test_channel_axis(sam, sam2, fakes, layout, channel_axis):
+    stack, truth = make_stack(4)
+    noise = np.random.default_rng(5).integers(0, 30, size=stack.shape).astype(np.uint8)
+    data = np.moveaxis(np.stack([stack, noise, noise]), 0, channel_axis)
+    stack_axis = layout.index("t")
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=stack_axis,
+                    channel_axis=channel_axis, cache_root=False)
+    list(seg.propagate([point(1, 0), point(2, 0)], "forward"))
+    out = seg.labels_in_data_order()
+    assert out.shape == stack.shape
+    np.testing.assert_array_equal(out, relabel(truth))
+
+
+def _hyperstack(n_outer=3, n_stack=6):
+    """(T, Z, H, W): outer 1 holds the stack reversed along z."""
+    stack, truth = make_stack(n_stack)
+    data = np.stack([stack if o != 1 else stack[::-1] for o in range(n_outer)])
+    truths = np.stack([truth if o != 1 else truth[::-1] for o in range(n_outer)])
+    return data, truths
+
+
+@pytest.mark.parametrize("layout", ["tzyx", "ztyx", "zyxt"])
+def test_4d_prompts_on_two_outer_indices(sam, sam2, fakes, layout):
+    tz, truths = _hyperstack()
+    order = ["tzyx".index(a) for a in layout]
+    data = np.transpose(tz, order)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=layout.index("z"),
+                    outer_axis=layout.index("t"), cache_root=False)
+    # outer 0: object 1 prompted on z=1; outer 1 (reversed stack): object 2 prompted on z=4,
+    # which is z=1 of the original stack
+    prompts = [point(1, 1, outer=0), point(2, 4, t=1, outer=1)]
+    steps = list(seg.propagate(prompts, "both"))
+    expected = np.zeros_like(truths)
+    expected[0] = relabel(truths[0], objects=(1,))
+    expected[1] = relabel(truths[1], objects=(2,))
+    out = seg.labels_in_data_order()
+    assert out.shape == data.shape
+    np.testing.assert_array_equal(out, np.transpose(expected, order))
+    assert len(FakePropagator.instances) == 2  # one pass per outer index
+    assert steps[-1].done == steps[-1].total == 12
+
+
+def test_progress_never_exceeds_total_with_sparse_outer_indices(sam, sam2, fakes):
+    data, truths = _hyperstack(n_outer=3, n_stack=5)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=1, outer_axis=0,
+                    cache_root=False)
+    steps = list(seg.propagate([point(1, 1, outer=1), point(1, 2, outer=2)], "forward"))
+    assert all(s.total == 10 for s in steps)
+    assert all(s.done <= s.total for s in steps), [(s.done, s.total) for s in steps]
+    assert [s.done for s in steps] == sorted(s.done for s in steps)
+    assert not seg.labels[:5].any()  # outer 0 had no prompt
+
+
+def test_segment_frame_on_2d_image(sam, fakes):
+    stack, truth = make_stack(5)
+    image = stack[3]
+    seg = Segmenter(image, interactive=sam, cache_root=False)
+    out = seg.segment_frame([point(1, None, t=3), box(2, None, (22.0, 36.0, 38.0, 48.0))])
+    np.testing.assert_array_equal(out, relabel(truth[3]))
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(seg.labels_in_data_order(), out)
+    assert seg.labels_in_data_order().shape == image.shape
+
+
+def test_segment_frame_on_a_stack_writes_only_that_frame(sam2, fakes):
+    stack, truth = make_stack(5)
+    seg = Segmenter(stack, interactive=sam2, stack_axis=0, cache_root=False)
+    seg.labels[:] = 9
+    out = seg.segment_frame([point(2, 4), point(1, 4)], frame=4)
+    np.testing.assert_array_equal(out, relabel(truth[4]))
+    np.testing.assert_array_equal(seg.labels[4], out)
+    assert (seg.labels[:4] == 9).all()
+
+
+def test_segment_frame_keeps_old_labels_when_an_object_fails(sam, monkeypatch):
+    install_fakes(monkeypatch, propagator=False)
+    import api_helpers
+
+    def flaky(self, prompt, flat):
+        if prompt.obj_id == IDS[2]:
+            raise RuntimeError("model failed")
+        return api_helpers.fake_mask_from_interactive(self, prompt, flat)
+
+    monkeypatch.setattr(Segmenter, "_mask_from_interactive", flaky)
+    stack, _ = make_stack(3)
+    seg = Segmenter(stack, interactive=sam, stack_axis=0, cache_root=False)
+    seg.labels[1] = 5
+    with pytest.raises(RuntimeError, match="model failed"):
+        seg.segment_frame([point(1, 1), point(2, 1)], frame=1)
+    assert (seg.labels[1] == 5).all()
+
+
+# ---------------------------------------------------------------------- cancellation
+def test_cancel_event_keeps_finished_frames(sam, sam2, fakes):
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    seg.labels[:] = 42
+    cancel = threading.Event()
+    steps = []
+    for step in seg.propagate([point(1, 0), point(2, 0)], "forward", cancel_event=cancel):
+        steps.append(step)
+        if len(steps) == 2:
+            cancel.set()
+    assert [s.frame for s in steps] == [0, 1]
+    np.testing.assert_array_equal(seg.labels[:2], relabel(truth[:2]))
+    assert (seg.labels[2:] == 42).all()
+
+
+def test_closing_the_generator_keeps_finished_frames(sam, sam2, fakes):
+    data, truth = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    seg.labels[:] = 42
+    gen = seg.propagate([point(1, 2), point(2, 2)], "both")
+    frames = [next(gen).frame for _ in range(3)]
+    gen.close()
+    assert frames == [2, 3, 4]
+    np.testing.assert_array_equal(seg.labels[2:5], relabel(truth[2:5]))
+    assert (seg.labels[[0, 1, 5]] == 42).all()
+    (prop,) = FakePropagator.instances
+    assert prop.visited == [2, 3, 4]  # nothing ran after the close
+
+
+def test_grad_and_autocast_are_not_held_across_yields(sam, sam2, fakes):
+    bf16 = dataclasses.replace(sam2, dtype=torch.bfloat16)  # autocast while SAM 2 runs
+    data, _ = make_stack(4)
+    seg = Segmenter(data, interactive=sam, propagation=bf16, stack_axis=0, cache_root=False)
+    assert torch.is_grad_enabled()
+    gen = seg.propagate([point(1, 0)], "forward")
+    next(gen)
+    try:
+        assert torch.is_grad_enabled()
+        assert not torch.is_autocast_enabled("cpu")
+    finally:
+        gen.close()
+    assert torch.is_grad_enabled()
+
+
+# ---------------------------------------------------------------------- errors
+@pytest.mark.parametrize(("prompt", "match"), [
+    (ObjectPrompt(1, 1, np.array([[40.0, 3.0]]), np.array([1])), r"point \[40.0, 3.0\].*outside the 40 x 56"),
+    (ObjectPrompt(1, 1, np.array([[3.0, 56.0]]), np.array([1])), "outside"),
+    (ObjectPrompt(1, 1, np.array([[-0.5, 3.0]]), np.array([1])), "outside"),
+    (ObjectPrompt(1, 1, np.array([[np.nan, 3.0]]), np.array([1])), "finite"),
+    (ObjectPrompt(1, 1, box_rc=np.array([0.0, 0.0, 40.5, 56.0])), "box corner .*outside"),
+    (ObjectPrompt(1, 1), "no points and no box"),
+    (ObjectPrompt(0, 1, np.array([[3.0, 3.0]]), np.array([1])), "object ids are integers >= 1"),
+    (ObjectPrompt(1, 1, np.array([[3.0, 3.0]]), np.array([2])), "labels"),
+    (ObjectPrompt(1, 6, np.array([[3.0, 3.0]]), np.array([1])), "frame 6 does not exist"),
+    (ObjectPrompt(1, None, np.array([[3.0, 3.0]]), np.array([1])), "every prompt needs a frame"),
+    (ObjectPrompt(1, 1, np.array([[3.0, 3.0]]), np.array([1]), outer=1), "outer index 1 does not exist"),
+])
+def test_bad_prompts_are_refused_before_any_work(sam, sam2, fakes, prompt, match):
+    data, _ = make_stack(6)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    seg.labels[:] = 4
+    with pytest.raises(PromptPlacementError, match=match):
+        seg.propagate([point(1, 2), prompt])  # raised by the call, before iterating
+    with pytest.raises(PromptPlacementError, match=match):
+        seg.segment_frame([prompt], frame=prompt.frame, outer=prompt.outer)
+    assert (seg.labels == 4).all()
+    assert FakePropagator.instances == [] and FAKE_INTERACTIVE_CALLS == []
+
+
+def test_prompts_on_the_edges_are_accepted(sam, fakes):
+    data, _ = make_stack(2)
+    seg = Segmenter(data, interactive=sam, stack_axis=0, cache_root=False)
+    # the engine's conventions: points on pixels (row < H), boxes on pixel edges (row1 <= H)
+    out = seg.segment_frame([ObjectPrompt(1, 0, np.array([[39.5, 55.9]]), np.array([1])),
+                             ObjectPrompt(2, 0, box_rc=np.array([0.0, 0.0, 40.0, 56.0]))], frame=0)
+    assert (out == 2).sum() > 0  # the whole-image box found the largest object
+
+
+def test_outer_index_out_of_range_on_4d(sam, sam2, fakes):
+    data, _ = _hyperstack(n_outer=2, n_stack=4)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=1, outer_axis=0,
+                    cache_root=False)
+    with pytest.raises(PromptPlacementError, match=r"outer index 2 does not exist \(0..1\)"):
+        seg.propagate([point(1, 1, outer=2)])
+    with pytest.raises(PromptPlacementError, match="frame 4 does not exist"):
+        seg.segment_frame([point(1, 1)], frame=4, outer=1)
+
+
+def test_2d_image_errors(sam, sam2, fakes):
+    image = make_stack(1)[0][0]
+    seg = Segmenter(image, interactive=sam, propagation=sam2, cache_root=False)
+    with pytest.raises(PromptPlacementError, match="one 2D image: there is no frame 2"):
+        seg.segment_frame([point(1, 2)], frame=2)
+    with pytest.raises(PromptPlacementError, match="one 2D image: there is no outer index 1"):
+        seg.segment_frame([point(1, None)], outer=1)
+    with pytest.raises(ModelChoiceError, match="propagation needs a stack"):
+        seg.propagate([point(1, None)])
+
+
+def test_empty_prompts(sam, sam2, fakes):
+    data, _ = make_stack(3)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    seg.labels[:] = 3
+    with pytest.raises(PromptPlacementError, match="no prompts"):
+        seg.propagate([])
+    with pytest.raises(PromptPlacementError, match="no prompts"):
+        seg.segment_frame([], frame=0)
+    assert (seg.labels == 3).all()
+
+
+def test_model_and_direction_errors(sam, sam2, fakes):
+    data, _ = make_stack(3)
+    with pytest.raises(ModelChoiceError, match="propagation model must be SAM 2"):
+        Segmenter(data, interactive=sam, propagation=sam, stack_axis=0, cache_root=False)
+    seg = Segmenter(data, interactive=sam, stack_axis=0, cache_root=False)
+    with pytest.raises(ModelChoiceError, match="SAM 2 propagation model"):
+        seg.propagate([point(1, 0)])
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    with pytest.raises(ValueError, match="direction must be one of"):
+        seg.propagate([point(1, 0)], "sideways")
+
+
+# ---------------------------------------------------------------------- real tiny models
+def _tiny_stack():
+    # two frames: SAM 2 at its 1024 input costs seconds per tracked frame on a CPU
+    stack, _ = make_stack(2, hw=(24, 32))
+    return stack
+
+
+def _smoke_prompts():
+    return [ObjectPrompt(4, 1, np.array([[8.0, 20.0]]), np.array([1])),
+            ObjectPrompt(6, 0, np.array([[15.0, 10.0], [5.0, 5.0]]), np.array([1, 0]),
+                         box_rc=np.array([10.0, 5.0, 22.0, 16.0]))]
+
+
+def test_real_models_embed_once_then_propagate_from_the_cache(sam, sam2, tmp_path):
+    data = _tiny_stack()
+    first = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=tmp_path)
+    steps = list(first.embed())
+    assert {s.stage for s in steps} == {"embed:interactive", "embed:propagation"}
+    assert first.encoder_calls == 4  # 2 frames x 2 models
+    second = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=tmp_path)
+    assert len(list(second.embed())) == 4
+    assert second.encoder_calls == 0
+    second.labels[:] = 99
+    list(second.propagate(_smoke_prompts(), "both"))
+    assert second.encoder_calls == 0
+    assert set(np.unique(second.labels)) <= {0, 4, 6}  # every frame rewritten, prompt ids only
+    out = second.segment_frame(_smoke_prompts()[1:], frame=0)
+    assert out.shape == (24, 32) and set(np.unique(out)) <= {0, 6}
+    assert second.encoder_calls == 0
+
+
+def test_real_sam2_as_interactive_and_propagation_model(sam2, tmp_path):
+    data = _tiny_stack()
+    seg = Segmenter(data, interactive=sam2, propagation=sam2, stack_axis=0, cache_root=tmp_path)
+    list(seg.embed())
+    assert seg.encoder_calls == 2  # one store serves both roles
+    seg.labels[:] = 99
+    steps = list(seg.propagate(_smoke_prompts(), "forward"))
+    assert steps[-1].done == 2 and {s.frame for s in steps} == {0, 1}
+    assert set(np.unique(seg.labels)) <= {0, 4, 6}
+    out = seg.segment_frame([_smoke_prompts()[0]], frame=0)
+    assert set(np.unique(out)) <= {0, 4}
+    assert seg.encoder_calls == 2
