@@ -409,3 +409,26 @@ def test_real_sam2_as_interactive_and_propagation_model(sam2, tmp_path):
     out = seg.segment_frame([_smoke_prompts()[0]], frame=0)
     assert set(np.unique(out)) <= {0, 4}
     assert seg.encoder_calls == 2
+
+
+def test_real_focsam_draws_like_its_click_session_then_feeds_sam2(sam2, tmp_path):
+    """FocSAM as the interactive model: the object equals a click session of the predictor on
+    the same frame (refinement from the second click included), and propagation runs on it."""
+    from napari_focsam.engine.focsam_predictor import FocSamPredictor
+
+    focsam = load_model("focsam_test_tiny", weights="random", device="cpu", dtype="fp32")
+    data = _tiny_stack()
+    seg = Segmenter(data, interactive=focsam, propagation=sam2, stack_axis=0, cache_root=tmp_path)
+    prompt = _smoke_prompts()[1]  # two clicks and a box
+    out = seg.segment_frame([prompt], frame=0)
+
+    predictor = FocSamPredictor(focsam.net, device="cpu", encoder_dtype="fp32")
+    predictor.set_image(seg.source[0])
+    session = predictor.start_session(box=prompt.box_rc)
+    for (r, c), lab in zip(prompt.points_rc, prompt.labels, strict=True):
+        session.add_click(float(r), float(c), bool(lab))
+    assert predictor.refine_start_step == 1 and session.refined  # the refocusing ran
+    np.testing.assert_array_equal(out == prompt.obj_id, session.mask)
+    assert set(np.unique(out)) <= {0, prompt.obj_id}
+    steps = list(seg.propagate([prompt], "forward"))
+    assert [s.frame for s in steps] == [0, 1]
