@@ -432,3 +432,21 @@ def test_real_focsam_draws_like_its_click_session_then_feeds_sam2(sam2, tmp_path
     assert set(np.unique(out)) <= {0, prompt.obj_id}
     steps = list(seg.propagate([prompt], "forward"))
     assert [s.frame for s in steps] == [0, 1]
+
+
+def test_draw_object_keeps_the_click_session_between_calls(sam, sam2, tmp_path):
+    seg = Segmenter(_tiny_stack(), interactive=sam, propagation=sam2, stack_axis=0,
+                    cache_root=False)
+    one = ObjectPrompt(3, 1, np.array([[8.0, 20.0]]), np.array([1]))
+    two = ObjectPrompt(3, 1, np.array([[8.0, 20.0], [15.0, 10.0]]), np.array([1, 0]))
+    seg.draw_object(one)
+    first_step = seg._sessions[3][1].steps[0]
+    mask = seg.draw_object(two)
+    session = seg._sessions[3][1]
+    assert len(session.steps) == 2 and session.steps[0] is first_step  # prefix not recomputed
+    fresh = Segmenter(_tiny_stack(), interactive=sam, propagation=sam2, stack_axis=0,
+                      cache_root=False)
+    np.testing.assert_array_equal(mask, fresh.draw_object(two))  # same as replaying all clicks
+    seg.draw_object(ObjectPrompt(3, 0, np.array([[8.0, 20.0]]), np.array([1])))
+    assert seg._sessions[3][1] is not session  # another frame: a new session
+    assert not seg.labels.any()  # previews never write labels

@@ -108,6 +108,9 @@ class Segmenter:
                                                               **store_kw))
         h, w = self.source.frame_shape
         self.labels = np.zeros((len(self.source), h, w), dtype=np.int32)
+        #: SAM / FocSAM click sessions by object id, valid for `_predictor_frame` only.
+        self._sessions: dict[int, tuple[tuple | None, object]] = {}
+        self._predictor_frame: int | None = None
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -201,16 +204,39 @@ class Segmenter:
                 result = self._prompt_sam2(prop, local, prompt)
             return result.masks()[0]
         predictor = store.encoder.predictor
-        predictor.set_features(**store.features(flat))
         box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
         with torch.no_grad():
+            if self._predictor_frame != flat:
+                predictor.set_features(**store.features(flat))
+                self._predictor_frame = flat
+                self._sessions.clear()  # sessions on another frame are stale
             if len(prompt.points_rc) == 0:
-                pred = predictor.predict(box=box, multimask=False)
-                return pred.masks[0]
-            session = predictor.start_session(box=box)
-            for (r, c), lab in zip(prompt.points_rc, prompt.labels, strict=True):
-                session.add_click(float(r), float(c), bool(lab))
+                self._sessions.pop(prompt.obj_id, None)
+                return predictor.predict(box=box, multimask=False).masks[0]
+            box_key = None if box is None else tuple(box.tolist())
+            cached = self._sessions.get(prompt.obj_id)
+            if cached is None or cached[0] != box_key:
+                cached = self._sessions[prompt.obj_id] = (box_key, predictor.start_session(box=box))
+            session = cached[1]
+            session.set_clicks(np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2),
+                               np.asarray(prompt.labels).reshape(-1))
             return session.mask
+
+    def draw_object(self, prompt: ObjectPrompt) -> np.ndarray:
+        """One object's mask on its frame, from its prompts (the live preview of a widget).
+
+        With SAM / FocSAM the object's click session is kept between calls on the same frame:
+        a call whose clicks extend (or edit the end of) the previous call's recomputes only the
+        changed clicks, so FocSAM refines once, from the second click on. Nothing is written
+        to `labels`.
+
+        Returns
+        -------
+        np.ndarray
+            ``(H, W)`` bool.
+        """
+        self._check_inside(prompt)
+        return self._mask_from_interactive(prompt, self.flat_frame(prompt.frame, prompt.outer))
 
     @staticmethod
     def _prompt_sam2(prop: VideoPropagator, local: int, prompt: ObjectPrompt):
