@@ -25,6 +25,7 @@ from api_helpers import (
 from napari_focsam.api.models import ModelChoiceError, load_model
 from napari_focsam.api.prompts_file import ObjectPrompt
 from napari_focsam.api.segmenter import Progress, PromptPlacementError, Segmenter
+from napari_focsam.engine.propagation import VideoPropagator
 
 #: Prompt ids of the disc (true label 1) and of the rectangle (true label 2).
 IDS = {1: 7, 2: 3}
@@ -294,7 +295,7 @@ def test_grad_and_autocast_are_not_held_across_yields(sam, sam2, fakes):
     (ObjectPrompt(1, 1, np.array([[-0.5, 3.0]]), np.array([1])), "outside"),
     (ObjectPrompt(1, 1, np.array([[np.nan, 3.0]]), np.array([1])), "finite"),
     (ObjectPrompt(1, 1, box_rc=np.array([0.0, 0.0, 40.5, 56.0])), "box corner .*outside"),
-    (ObjectPrompt(1, 1), "no points and no box"),
+    (ObjectPrompt(1, 1), "no points, box or mask"),
     (ObjectPrompt(0, 1, np.array([[3.0, 3.0]]), np.array([1])), "object ids are integers >= 1"),
     (ObjectPrompt(1, 1, np.array([[3.0, 3.0]]), np.array([2])), "labels"),
     (ObjectPrompt(1, 6, np.array([[3.0, 3.0]]), np.array([1])), "frame 6 does not exist"),
@@ -450,3 +451,37 @@ def test_draw_object_keeps_the_click_session_between_calls(sam, sam2, tmp_path):
     seg.draw_object(ObjectPrompt(3, 0, np.array([[8.0, 20.0]]), np.array([1])))
     assert seg._sessions[3][1] is not session  # another frame: a new session
     assert not seg.labels.any()  # previews never write labels
+
+
+def test_mask_prompts_are_the_object_and_enter_sam2_as_masks(sam2):
+    """A polygon / ellipse mask prompt alone is the object on its frame: the preview is the
+    mask itself, and propagation starts from it (SAM 2 as both models: add_mask, not points)."""
+    data = _tiny_stack()
+    seg = Segmenter(data, interactive=sam2, propagation=sam2, stack_axis=0, cache_root=False)
+    h, w = seg.source.frame_shape
+    mask = np.zeros((h, w), bool)
+    mask[5:15, 8:20] = True
+    prompt = ObjectPrompt(5, 0, mask=mask)
+    np.testing.assert_array_equal(seg.draw_object(prompt), mask)
+    calls = []
+    original = VideoPropagator.add_mask
+
+    def spy(self, frame, obj_id, m):
+        calls.append((frame, obj_id, np.asarray(m).copy()))
+        return original(self, frame, obj_id, m)
+
+    import napari_focsam.api.segmenter as segmenter_module
+
+    class Spying(VideoPropagator):
+        add_mask = spy
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(segmenter_module, "VideoPropagator", Spying)
+        steps = list(seg.propagate([prompt], "forward"))
+    assert [s.frame for s in steps] == [0, 1]
+    assert len(calls) == 1 and calls[0][:2] == (0, 5)
+    np.testing.assert_array_equal(calls[0][2], mask)
+    with pytest.raises(PromptPlacementError, match="shape"):
+        seg.draw_object(ObjectPrompt(5, 0, mask=np.ones((3, 3), bool)))
+    with pytest.raises(PromptPlacementError, match="empty"):
+        seg.draw_object(ObjectPrompt(5, 0, mask=np.zeros((h, w), bool)))

@@ -62,6 +62,10 @@ class ObjectPrompt:
         ``(4,)`` (row0, col0, row1, col1).
     outer : int or None
         For 4D data, the index along the outer axis (e.g. t when frames run along z).
+    mask : np.ndarray or None
+        ``(H, W)`` bool mask prompt (a polygon or ellipse drawn in napari): on its own it *is*
+        the object on this frame (and enters SAM 2 as a mask prompt); points and a box given
+        with it take precedence for drawing.
     """
 
     obj_id: int
@@ -70,6 +74,7 @@ class ObjectPrompt:
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     box_rc: np.ndarray | None = None
     outer: int | None = None
+    mask: np.ndarray | None = None
 
 
 def _number(value: object, what: str, where: str) -> float:

@@ -147,8 +147,15 @@ class Segmenter:
         pts = np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2)
         box = None if prompt.box_rc is None else np.asarray(prompt.box_rc,
                                                               dtype=np.float64).reshape(2, 2)
-        if len(pts) == 0 and box is None:
-            raise PromptPlacementError(f"object {prompt.obj_id}: no points and no box")
+        if prompt.mask is not None:
+            mask = np.asarray(prompt.mask)
+            if mask.shape != (h, w):
+                raise PromptPlacementError(f"object {prompt.obj_id}: mask prompt of shape "
+                                           f"{mask.shape}, expected the frame's {(h, w)}")
+            if not mask.any():
+                raise PromptPlacementError(f"object {prompt.obj_id}: the mask prompt is empty")
+        if len(pts) == 0 and box is None and prompt.mask is None:
+            raise PromptPlacementError(f"object {prompt.obj_id}: no points, box or mask")
         labels = np.asarray(prompt.labels).reshape(-1)
         if len(labels) != len(pts) or not np.isin(labels, (0, 1)).all():
             raise PromptPlacementError(f"object {prompt.obj_id}: {len(pts)} points need as many "
@@ -191,7 +198,10 @@ class Segmenter:
 
     # ------------------------------------------------------------------ one frame
     def _mask_from_interactive(self, prompt: ObjectPrompt, flat: int) -> np.ndarray:
-        """``(H, W)`` bool: the object drawn by the interactive model on frame `flat`."""
+        """``(H, W)`` bool: the object drawn by the interactive model on frame `flat` (a mask
+        prompt without points or box is the object itself)."""
+        if prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None:
+            return np.asarray(prompt.mask).astype(bool, copy=True)
         loaded = self.interactive
         store = self.stores["interactive"]
         if loaded.family == "sam2":
@@ -328,7 +338,8 @@ class Segmenter:
             prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
             ordered = sorted(group, key=lambda p: (p.frame, p.obj_id))
             for p in ordered:
-                if direct:
+                mask_only = p.mask is not None and len(p.points_rc) == 0 and p.box_rc is None
+                if direct and not mask_only:
                     step(self._prompt_sam2, prop, int(p.frame), p)
                 else:
                     mask = self._mask_from_interactive(p, self.flat_frame(p.frame, outer))
