@@ -41,7 +41,8 @@ def test_forbidden_filter():
 
 
 @pytest.mark.parametrize("module", ["napari_focsam.models", "napari_focsam.engine", "napari_focsam.store",
-                                    "napari_focsam.weights", "napari_focsam.api"])
+                                    "napari_focsam.weights", "napari_focsam.api",
+                                    "napari_focsam.tracking"])
 def test_headless_packages_do_not_import_gui(module):
     result = subprocess.run(
         [sys.executable, "-c", _PROBE.format(module=module)],

@@ -41,9 +41,9 @@ def test_every_command_resolves_to_a_callable(manifest):
 def test_sample_data_contribution(manifest):
     command_ids = {c.id for c in manifest.contributions.commands}
     samples = {s.key: s for s in manifest.contributions.sample_data}
-    assert set(samples) == {"nuclei_2d"}
+    assert set(samples) == {"nuclei_2d", "cell_timelapse", "nuclei_3d"}
     assert samples["nuclei_2d"].display_name == "Synthetic nuclei (2D)"
-    assert samples["nuclei_2d"].command in command_ids
+    assert all(s.command in command_ids for s in samples.values())
 
 
 def test_npe2_validate_cli():
