@@ -238,3 +238,8 @@ def test_sample_files_are_small():
         path = SAMPLE_DIR / name
         if path.exists():
             assert path.stat().st_size < 3 * 2**20, name
+
+
+def test_nuclei_volume_too_small_is_refused_clearly():
+    with pytest.raises(ValueError, match="too small"):
+        synthetic_nuclei_volume(shape=(8, 48, 48), n_nuclei=3)

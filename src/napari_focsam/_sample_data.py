@@ -457,14 +457,17 @@ def synthetic_nuclei_volume(
     Raises
     ------
     ValueError
-        If `attenuation` is not in ``[0, 1)``.
+        If `attenuation` is not in ``[0, 1)`` or `shape` is too small for one nucleus.
     RuntimeError
         If `n_nuclei` non-touching nuclei do not fit into `shape`.
     """
     if not 0.0 <= attenuation < 1.0:
         raise ValueError(f"attenuation must be in [0, 1), got {attenuation}")
-    rng = np.random.default_rng(seed)
     depth, h, w = shape
+    if depth < 16 or min(h, w) < 32:
+        raise ValueError(f"shape {tuple(shape)} is too small for nuclei of 7-12 voxels in z and "
+                         "16-26 pixels across: use at least (16, 32, 32)")
+    rng = np.random.default_rng(seed)
     labels = np.zeros(shape, dtype=np.uint16)
     signal = np.zeros(shape, dtype=np.float64)
     texture = gaussian(rng.standard_normal(shape), sigma=(1.0, 2.0, 2.0))

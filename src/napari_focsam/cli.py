@@ -10,6 +10,8 @@ segment
     Draw the objects of a prompts file (CSV / JSON) on their frames -> labels TIFF.
 propagate
     Carry every prompted object through the z / t stack with SAM 2 -> labels TIFF.
+evaluate-stack
+    Per-frame IoU, mean J and drift of propagated objects against ground-truth labels.
 bench sam
     Image-encoder time (fp32 / bf16), click latency and peak RSS of a SAM model.
 bench focsam
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_evaluate_stack import add_evaluate_stack_parser, run_evaluate_stack
 from .cli_stack import add_stack_parsers, run_stack
 from .cli_weights import add_weights_parser, run_weights
 
@@ -92,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_weights_parser(sub)
     add_stack_parsers(sub)
+    add_evaluate_stack_parser(sub)
     _add_bench_parser(sub)
     return parser
 
@@ -152,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_weights(args)
         if args.command in ("embed", "segment", "propagate"):
             return run_stack(args)
+        if args.command == "evaluate-stack":
+            return run_evaluate_stack(args)
         if args.command == "bench":
             return _run_bench(args)
     except (KeyError, ValueError) as exc:
