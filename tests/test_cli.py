@@ -79,3 +79,20 @@ def test_bench_focsam_prints_table_and_writes_json(tmp_path, capsys):
 def test_bench_focsam_unknown_model_is_a_clear_error(capsys):
     assert main(["bench", "focsam", "--model", "focsam_vit_z"]) == 2
     assert "unknown FocSAM config 'focsam_vit_z'" in capsys.readouterr().err
+
+
+def test_bench_all_quick_writes_json_and_markdown(tmp_path, capsys):
+    import json as _json
+
+    from napari_focsam.cli import main as cli_main
+
+    out = tmp_path / "bench"
+    assert cli_main(["bench", "all", "--quick", "--out", str(out), "--only", "sam,sam2-memory"]) == 0
+    report = _json.loads((out / "bench.json").read_text())
+    assert set(report["results"]) == {"sam", "sam2-memory"} and report["quick"] is True
+    assert report["machine"]["cpu"] and report["results"]["sam"]["wall_s"] > 0
+    md = (out / "bench.md").read_text()
+    assert md.startswith("# napari-focsam benchmarks") and "## sam (" in md and "Quick mode" in md
+    assert "## sam2-memory" in md and "## focsam" not in md
+    assert "bench.json" in capsys.readouterr().out
+    assert cli_main(["bench", "all", "--quick", "--out", str(out), "--only", "nope"]) == 2

@@ -12,6 +12,8 @@ propagate
     Carry every prompted object through the z / t stack with SAM 2 -> labels TIFF.
 evaluate-stack
     Per-frame IoU, mean J and drift of propagated objects against ground-truth labels.
+bench all
+    Every benchmark below in one run (``--quick`` for a smoke test); bench.json + bench.md.
 bench sam
     Image-encoder time (fp32 / bf16), click latency and peak RSS of a SAM model.
 bench focsam
@@ -75,6 +77,16 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
     sam2.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sam2.add_argument("--json", type=Path, default=None, help="also write the figures here")
 
+    suite = targets.add_parser("all", help="every benchmark; writes bench.json and bench.md")
+    suite.add_argument("--out", type=Path, default=Path("bench-results"),
+                       help="folder for bench.json and bench.md (default bench-results)")
+    suite.add_argument("--quick", action="store_true",
+                       help="tiny configs: checks the machinery in seconds (figures mean nothing)")
+    suite.add_argument("--only", default=None,
+                       help="comma-separated subset of sam,focsam,sam2,sam2-memory")
+    suite.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    suite.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
     mem = targets.add_parser("sam2-memory", help="RSS over a long propagation pass")
     mem.add_argument("--model", default="sam2.1_hiera_tiny", help="SAM 2 config")
     mem.add_argument("--frames", type=int, default=500, help="frames of the synthetic stack")
@@ -109,6 +121,16 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.target == "all":
+        from .benchmarks.suite import run_suite
+
+        only = _split(args.only) if args.only else None
+        for step in run_suite(args.out, quick=args.quick, device=args.device,
+                              threads=args.threads, only=only):
+            sys.stderr.write(f"[bench] {step.name} done ({step.done}/{step.total})\n")
+        sys.stdout.write((args.out / "bench.md").read_text())
+        sys.stdout.write(f"figures written to {args.out / 'bench.json'} and {args.out / 'bench.md'}\n")
+        return 0
     if args.target == "sam2":
         from .benchmarks.sam2 import format_sam2_table, run_sam2_benchmark
 
