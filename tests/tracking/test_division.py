@@ -1,0 +1,68 @@
+"""The division action on label stacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_focsam.tracking import TrackTable
+from napari_focsam.tracking.division import DivisionError, divide_object
+
+
+def _stack():
+    """Frames 0-1: one elongated cell (id 3); frames 2-3: two blobs still labelled 3; id 5
+    elsewhere throughout."""
+    lab = np.zeros((4, 20, 30), np.int32)
+    lab[:2, 8:12, 5:21] = 3
+    lab[2:, 8:12, 4:10] = 3
+    lab[2:, 8:12, 16:22] = 3
+    lab[:, 15:18, 25:28] = 5
+    return lab
+
+
+def test_two_blobs_become_the_two_daughters_and_the_lineage_records_it():
+    lab = _stack()
+    out, table, (d1, d2) = divide_object(lab, parent=3, frame=2)
+    assert (d1, d2) == (6, 7)
+    np.testing.assert_array_equal(out[:2], lab[:2])  # earlier frames untouched
+    for t in (2, 3):
+        assert not (out[t] == 3).any()
+        left, right = out[t, 8:12, 4:10], out[t, 8:12, 16:22]
+        assert {int(np.unique(left)[0]), int(np.unique(right)[0])} == {6, 7}
+        assert np.unique(left).size == 1 and np.unique(right).size == 1
+    np.testing.assert_array_equal(out == 5, lab == 5)  # other objects untouched
+    assert table.end[3] == 1 and table.begin[6] == table.begin[7] == 2
+    assert table.parent_of(6) == table.parent_of(7) == 3 and table.parent_of(5) is None
+    assert (lab[2:] == 3).any()  # the input is not modified
+
+
+def test_one_blob_is_split_across_its_long_axis():
+    lab = _stack()
+    out, _, (d1, d2) = divide_object(lab, parent=3, frame=1)
+    left, right = out[1, 8:12, 5:13], out[1, 8:12, 13:21]
+    assert {int(v) for v in np.unique(left)} | {int(v) for v in np.unique(right)} == {d1, d2}
+    assert np.unique(left).size == 1 and np.unique(right).size == 1
+    assert (out[1] == d1).sum() + (out[1] == d2).sum() == (lab[1] == 3).sum()
+
+
+def test_chained_divisions_keep_earlier_links():
+    lab = _stack()
+    out, table, (d1, _) = divide_object(lab, 3, 2)
+    out2, table2, (e1, e2) = divide_object(out, d1, 3, table)
+    assert table2.parent_of(d1) == 3 and table2.parent_of(e1) == d1 == table2.parent_of(e2)
+    assert table2.end[d1] == 2
+
+
+def test_errors():
+    lab = _stack()
+    with pytest.raises(DivisionError, match="not on frame"):
+        divide_object(lab, 9, 2)
+    with pytest.raises(DivisionError, match="earlier frame"):
+        divide_object(lab, 3, 0)
+    lonely = np.zeros((3, 5, 5), np.int32)
+    lonely[:, 2, 2] = 1
+    with pytest.raises(DivisionError, match="fewer than 2 pixels"):
+        divide_object(lonely, 1, 1)
+    with pytest.raises(DivisionError, match=r"\(T, H, W\)"):
+        divide_object(lab[0], 3, 1)
+    assert isinstance(TrackTable.from_labels(lab), TrackTable)
