@@ -42,7 +42,7 @@ def test_forbidden_filter():
 
 @pytest.mark.parametrize("module", ["napari_focsam.models", "napari_focsam.engine", "napari_focsam.store",
                                     "napari_focsam.weights", "napari_focsam.api",
-                                    "napari_focsam.tracking"])
+                                    "napari_focsam.tracking", "napari_focsam.evaluation"])
 def test_headless_packages_do_not_import_gui(module):
     result = subprocess.run(
         [sys.executable, "-c", _PROBE.format(module=module)],

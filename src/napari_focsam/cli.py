@@ -10,6 +10,8 @@ segment
     Draw the objects of a prompts file (CSV / JSON) on their frames -> labels TIFF.
 propagate
     Carry every prompted object through the z / t stack with SAM 2 -> labels TIFF.
+evaluate
+    NoC@85/90/95 and mIoU@k with the FocSAM click protocol on a standard dataset layout.
 evaluate-stack
     Per-frame IoU, mean J and drift of propagated objects against ground-truth labels.
 bench all
@@ -35,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_evaluate import add_evaluate_parser, run_evaluate
 from .cli_evaluate_stack import add_evaluate_stack_parser, run_evaluate_stack
 from .cli_stack import add_stack_parsers, run_stack
 from .cli_weights import add_weights_parser, run_weights
@@ -107,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_weights_parser(sub)
     add_stack_parsers(sub)
+    add_evaluate_parser(sub)
     add_evaluate_stack_parser(sub)
     _add_bench_parser(sub)
     return parser
@@ -178,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_weights(args)
         if args.command in ("embed", "segment", "propagate"):
             return run_stack(args)
+        if args.command == "evaluate":
+            return run_evaluate(args)
         if args.command == "evaluate-stack":
             return run_evaluate_stack(args)
         if args.command == "bench":

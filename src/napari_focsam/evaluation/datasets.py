@@ -1,0 +1,525 @@
+"""Readers of the interactive-segmentation benchmarks: one sample per object.
+
+Every dataset is a sequence of `Sample` (unpacks as ``(name, image, gt)``): the image as
+``(H, W, 3)`` uint8 RGB, the object as an ``(H, W)`` bool mask, and optionally the pixels to
+leave out of the evaluation (`Sample.ignore`). Samples are listed (sorted by name) when the
+dataset is opened and read one at a time when iterated.
+
+Layouts (``root`` is the folder given to `open_dataset`; each reader also looks one level down,
+in the folder the official archive unpacks to, e.g. ``root/GrabCut``):
+
+``grabcut``
+    RITM: ``data_GT/<name>.jpg|bmp`` + ``boundary_GT/<name>.bmp``; FocusCut / FocSAM:
+    ``img/<name>.*`` + ``gt/<name>#001.png``.
+``berkeley``
+    RITM: ``images/<name>.jpg`` + ``masks/<name>.png``; FocusCut / FocSAM: ``img/`` + ``gt/``.
+``davis``
+    ``img/<name>.jpg`` + ``gt/<name>.png`` (RITM) or ``gt/<name>#001.png``, ``#002``...
+    (FocusCut / FocSAM; one sample per instance file).
+``sbd``
+    ``img/<name>.jpg`` + ``inst/<name>.mat`` (MATLAB ``GTinst`` struct, field
+    ``Segmentation``), under ``root``, ``root/dataset`` or ``root/benchmark_RELEASE/dataset``;
+    restricted to the names of ``val.txt`` when it is there (as FocSAM); one sample per
+    instance id.
+``cod10k``
+    ``Test/Image/<name>.jpg`` + ``Test/GT_Object/<name>.png`` (COD10K-v3), restricted to the
+    camouflaged test images of ``Info/CAM_test.txt`` when it is there (as FocSAM).
+``mvtec``
+    MVTec AD: ``<category>/test/<defect>/<n>.png`` + ``<category>/ground_truth/<defect>/
+    <n>_mask.png``, defect-free (``good``) images and the two transistor defects FocSAM leaves
+    out (``cut_lead``, ``misplaced``) skipped; all defect pixels of an image are one object.
+``folder``
+    Any data: ``images/<name>.*`` + ``masks/<name>.*`` (PNG, BMP, JPEG, TIFF or ``.npy``); a
+    mask with one non-zero value is one object, a label image gives one sample per label.
+
+Mask values: single-object files (GrabCut, Berkeley, DAVIS) holding only 0, 1 (and 255) are
+indexed (object = 1, 255 = void, ignored); other 8-bit files follow RITM: > 128 object,
+128 = the "unknown" band of GrabCut, ignored (left out of the IoU and never clicked), < 128
+background. COD10K and MVTec masks are object where > 127. SBD label 255 (if any) is void.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DATASETS", "Dataset", "DatasetError", "Sample", "SampleRef", "open_dataset"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".npy")
+#: Preferred mask file when one stem has several.
+MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".npy", ".gif", ".jpg", ".jpeg")
+_INSTANCE = re.compile(r"^(?P<stem>.+)#(?P<index>\d+)$")
+#: MVTec AD (category, defect) pairs FocSAM's evaluation leaves out.
+MVTEC_SKIPPED_DEFECTS = (("transistor", "cut_lead"), ("transistor", "misplaced"))
+
+
+class DatasetError(ValueError):
+    """A dataset folder that is missing, has an unknown layout, no samples or bad files."""
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One object of one image.
+
+    Unpacks as ``name, image, gt = sample``.
+
+    Attributes
+    ----------
+    name : str
+        Unique within the dataset (``<image>`` or ``<image>#<instance>``).
+    image : np.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    gt : np.ndarray
+        ``(H, W)`` bool object.
+    ignore : np.ndarray or None
+        ``(H, W)`` bool pixels that are neither object nor background, or None.
+    """
+
+    name: str
+    image: np.ndarray
+    gt: np.ndarray
+    ignore: np.ndarray | None = None
+
+    def __iter__(self) -> Iterator:
+        return iter((self.name, self.image, self.gt))
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample is read from.
+
+    Attributes
+    ----------
+    name : str
+        Sample name.
+    image_path, mask_path : Path
+        The files.
+    decode : {"object", "binary", "label", "sbd"}
+        How the mask file becomes (gt, ignore) (see the module docstring).
+    label : int or None
+        The object's label for ``"label"`` and ``"sbd"``.
+    """
+
+    name: str
+    image_path: Path
+    mask_path: Path
+    decode: str
+    label: int | None = None
+
+
+class Dataset(Sequence):
+    """The samples of one benchmark, read on access.
+
+    Parameters
+    ----------
+    name : str
+        Dataset kind (see `DATASETS`).
+    root : Path
+        The folder it was opened from.
+    refs : sequence of SampleRef
+        The samples.
+    """
+
+    def __init__(self, name: str, root: Path, refs: Sequence[SampleRef]) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.refs = tuple(refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Dataset(self.name, self.root, self.refs[index])
+        return load_sample(self.refs[index])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for ref in self.refs:
+            yield load_sample(ref)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Sample names, in order."""
+        return tuple(r.name for r in self.refs)
+
+    def __repr__(self) -> str:
+        return f"Dataset({self.name!r}, {str(self.root)!r}, {len(self)} samples)"
+
+
+# ---------------------------------------------------------------------- reading files
+def read_image(path: Path) -> np.ndarray:
+    """An image file as ``(H, W, 3)`` uint8 RGB (grey is repeated, other dtypes stretched).
+
+    Raises
+    ------
+    DatasetError
+        The file cannot be read.
+    """
+    from ..engine.image import to_rgb_uint8
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return to_rgb_uint8(np.squeeze(tifffile.imread(path)))
+        if suffix == ".npy":
+            return to_rgb_uint8(np.load(path, allow_pickle=False))
+        from PIL import Image
+
+        with Image.open(path) as img:
+            if img.mode in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+                return np.array(img.convert("RGB"))  # a writable copy
+            return to_rgb_uint8(np.asarray(img))  # 16-bit / float grey
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A mask / label file as a 2D integer array (first channel of a colour file; palette
+    PNGs give their indices).
+
+    Raises
+    ------
+    DatasetError
+        The file cannot be read or is not 2D.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            mask = np.squeeze(tifffile.imread(path))
+        elif suffix == ".npy":
+            mask = np.load(path, allow_pickle=False)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                mask = np.asarray(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}") from exc
+    if mask.ndim == 3:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise DatasetError(f"mask {path} has shape {mask.shape}; expected a 2D image")
+    if mask.dtype == bool:
+        mask = mask.astype(np.uint8)
+    if mask.dtype.kind not in "iu":
+        if not np.all(np.isfinite(mask)) or not np.all(mask == np.round(mask)):
+            raise DatasetError(f"mask {path} holds non-integer values")
+        mask = mask.astype(np.int64)
+    return mask
+
+
+def read_sbd_instances(path: Path) -> np.ndarray:
+    """``GTinst.Segmentation`` of an SBD ``inst/*.mat`` file, ``(H, W)`` integer labels.
+
+    Raises
+    ------
+    DatasetError
+        Not a MATLAB file with a ``GTinst`` struct.
+    """
+    from scipy.io import loadmat
+
+    try:
+        gt = loadmat(path)["GTinst"]
+        names = gt.dtype.names or ()
+        seg = gt["Segmentation"][0, 0] if "Segmentation" in names else gt[0][0][0]
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise DatasetError(f"{path} is not an SBD instance file (GTinst.Segmentation): "
+                           f"{exc}") from exc
+    seg = np.asarray(seg)
+    if seg.ndim != 2 or seg.dtype.kind not in "iu":
+        raise DatasetError(f"{path}: GTinst.Segmentation is {seg.dtype} {seg.shape}, expected "
+                           "a 2D integer label image")
+    return seg
+
+
+def decode_object_mask(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """A single-object mask file (GrabCut, Berkeley, DAVIS) as (object, ignore).
+
+    Parameters
+    ----------
+    values : np.ndarray
+        ``(H, W)`` integers.
+
+    Returns
+    -------
+    gt : np.ndarray
+        ``(H, W)`` bool.
+    ignore : np.ndarray or None
+        ``(H, W)`` bool, None when nothing is ignored.
+    """
+    present = np.unique(values)
+    indexed = 1 in present and set(present.tolist()) <= {0, 1, 255}
+    if indexed or present.max(initial=0) <= 1:
+        gt, ignore = values == 1, values == 255
+    else:  # RITM: 128 is GrabCut's unknown band
+        gt, ignore = values > 128, values == 128
+    return gt, (ignore if ignore.any() else None)
+
+
+def load_sample(ref: SampleRef) -> Sample:
+    """Read one sample.
+
+    Raises
+    ------
+    DatasetError
+        Unreadable files, or image and mask of different sizes.
+    """
+    image = read_image(ref.image_path)
+    values = read_sbd_instances(ref.mask_path) if ref.decode == "sbd" else read_mask(ref.mask_path)
+    if values.shape != image.shape[:2]:
+        raise DatasetError(f"sample {ref.name}: image {ref.image_path} is {image.shape[0]} x "
+                           f"{image.shape[1]} but its mask {ref.mask_path} is {values.shape[0]} x "
+                           f"{values.shape[1]}")
+    ignore = None
+    if ref.decode == "object":
+        gt, ignore = decode_object_mask(values)
+    elif ref.decode == "binary":
+        gt = values > 127
+    elif ref.decode in ("label", "sbd"):
+        gt = values == ref.label
+        if ref.decode == "sbd" and np.any(values == 255):
+            ignore = values == 255
+    else:
+        raise DatasetError(f"unknown mask decoding {ref.decode!r}")
+    return Sample(ref.name, image, gt, ignore)
+
+
+# ---------------------------------------------------------------------- listing
+def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+
+
+def _by_stem(files: Sequence[Path]) -> dict[str, Path]:
+    """Stem -> file, preferring the suffixes of `MASK_SUFFIXES` in order."""
+    rank = {s: i for i, s in enumerate(MASK_SUFFIXES)}
+    out: dict[str, Path] = {}
+    for p in sorted(files, key=lambda p: (p.stem, rank.get(p.suffix.lower(), len(rank)))):
+        if p.stem in out:
+            logger.warning("%s and %s: using the first", out[p.stem].name, p.name)
+            continue
+        out[p.stem] = p
+    return out
+
+
+def _find_layout(root: Path, kind: str, pairs: Sequence[tuple[str, str]],
+                 subfolders: Sequence[str]) -> tuple[Path, Path]:
+    bases = [root] + [root / s for s in subfolders]
+    for base in bases:
+        for images, masks in pairs:
+            if (base / images).is_dir() and (base / masks).is_dir():
+                return base / images, base / masks
+    expected = " or ".join(f"{i}/ + {m}/" for i, m in pairs)
+    raise DatasetError(f"{root} does not look like a {kind} dataset: expected the folders "
+                       f"{expected} in it (or in {', '.join(subfolders)})")
+
+
+def _list_object_files(image_dir: Path, mask_dir: Path) -> Iterator[SampleRef]:
+    """Images with ``<stem>.*`` and / or ``<stem>#NNN.*`` masks: one sample per mask file."""
+    masks = _by_stem(_files(mask_dir, MASK_SUFFIXES))
+    instances: dict[str, list[str]] = {}
+    for stem in masks:
+        m = _INSTANCE.match(stem)
+        if m:
+            instances.setdefault(m["stem"], []).append(stem)
+    unmatched = 0
+    for image in _files(image_dir, IMAGE_SUFFIXES):
+        if _INSTANCE.match(image.stem):
+            continue  # an instance mask stored next to the images
+        names = ([image.stem] if image.stem in masks else []) + sorted(instances.get(image.stem, []))
+        if not names:
+            unmatched += 1
+        for name in names:
+            yield SampleRef(name, image, masks[name], "object")
+    if unmatched:
+        logger.warning("%d images in %s have no mask in %s", unmatched, image_dir, mask_dir)
+
+
+def _list_grabcut(root: Path) -> Iterator[SampleRef]:
+    images, masks = _find_layout(root, "GrabCut", [("data_GT", "boundary_GT"), ("img", "gt")],
+                                 ["GrabCut", "grabcut"])
+    return _list_object_files(images, masks)
+
+
+def _list_berkeley(root: Path) -> Iterator[SampleRef]:
+    images, masks = _find_layout(root, "Berkeley", [("images", "masks"), ("img", "gt")],
+                                 ["Berkeley", "berkeley"])
+    return _list_object_files(images, masks)
+
+
+def _list_davis(root: Path) -> Iterator[SampleRef]:
+    images, masks = _find_layout(root, "DAVIS", [("img", "gt"), ("images", "masks")],
+                                 ["DAVIS", "davis"])
+    return _list_object_files(images, masks)
+
+
+def _list_sbd(root: Path) -> Iterator[SampleRef]:
+    images, insts = _find_layout(root, "SBD", [("img", "inst")],
+                                 ["dataset", "benchmark_RELEASE/dataset"])
+    split = images.parent / "val.txt"
+    wanted = None
+    if split.is_file():
+        wanted = {line.strip() for line in split.read_text().splitlines() if line.strip()}
+        logger.info("SBD: the %d images of %s", len(wanted), split)
+    image_files = {p.stem: p for p in _files(images, IMAGE_SUFFIXES)}
+    for mat in _files(insts, (".mat",)):
+        if wanted is not None and mat.stem not in wanted:
+            continue
+        image = image_files.get(mat.stem)
+        if image is None:
+            logger.warning("SBD: no image for %s", mat.name)
+            continue
+        seg = read_sbd_instances(mat)
+        _check_header_size(image, seg.shape, mat)
+        for label in np.unique(seg):
+            if label not in (0, 255):
+                yield SampleRef(f"{mat.stem}#{int(label):03d}", image, mat, "sbd", int(label))
+
+
+def _list_cod10k(root: Path) -> Iterator[SampleRef]:
+    images, masks = _find_layout(root, "COD10K", [("Image", "GT_Object")],
+                                 ["Test", "COD10K-v3/Test"])
+    wanted = None
+    for info in (images.parent.parent / "Info" / "CAM_test.txt", root / "Info" / "CAM_test.txt"):
+        if info.is_file():
+            wanted = {Path(line.split()[0]).stem for line in info.read_text().splitlines()
+                      if line.strip()}
+            logger.info("COD10K: the %d camouflaged test images of %s", len(wanted), info)
+            break
+    mask_files = _by_stem(_files(masks, MASK_SUFFIXES))
+    for image in _files(images, IMAGE_SUFFIXES):
+        if wanted is not None and image.stem not in wanted:
+            continue
+        if image.stem in mask_files:
+            yield SampleRef(image.stem, image, mask_files[image.stem], "binary")
+
+
+def _list_mvtec(root: Path) -> Iterator[SampleRef]:
+    categories = ([root] if (root / "test").is_dir() and (root / "ground_truth").is_dir()
+                  else sorted(p for p in root.iterdir() if (p / "test").is_dir()))
+    if not categories:
+        raise DatasetError(f"{root} does not look like MVTec AD: expected <category>/test/ and "
+                           "<category>/ground_truth/ folders")
+    for cat in categories:
+        for defect in sorted(p for p in (cat / "test").iterdir() if p.is_dir()):
+            if defect.name == "good" or (cat.name, defect.name) in MVTEC_SKIPPED_DEFECTS:
+                continue
+            truth = cat / "ground_truth" / defect.name
+            for image in _files(defect, IMAGE_SUFFIXES):
+                mask = truth / f"{image.stem}_mask.png"
+                if mask.is_file():
+                    yield SampleRef(f"{cat.name}_{defect.name}_{image.stem}", image, mask, "binary")
+                else:
+                    logger.warning("MVTec: no mask %s", mask)
+
+
+def _list_folder(root: Path) -> Iterator[SampleRef]:
+    images, masks = _find_layout(root, "folder", [("images", "masks"), ("images", "labels")], [])
+    mask_files = _by_stem(_files(masks, MASK_SUFFIXES))
+    for image in _files(images, IMAGE_SUFFIXES):
+        mask = mask_files.get(image.stem)
+        if mask is None:
+            logger.warning("no mask for %s in %s", image.name, masks)
+            continue
+        values = read_mask(mask)
+        _check_header_size(image, values.shape, mask)
+        labels = [int(v) for v in np.unique(values) if v != 0]
+        if len(labels) == 1:
+            yield SampleRef(image.stem, image, mask, "label", labels[0])
+        else:
+            for label in labels:
+                yield SampleRef(f"{image.stem}#{label:03d}", image, mask, "label", label)
+
+
+def _check_header_size(image: Path, mask_hw: tuple[int, ...], mask: Path) -> None:
+    """Compare sizes when the image header tells it cheaply (PIL formats)."""
+    hw = _header_hw(image)
+    if hw is not None and hw != tuple(mask_hw):
+        raise DatasetError(f"image {image} is {hw[0]} x {hw[1]} but its mask {mask} is "
+                           f"{mask_hw[0]} x {mask_hw[1]}")
+
+
+def _header_hw(path: Path) -> tuple[int, int] | None:
+    if path.suffix.lower() in (".tif", ".tiff", ".npy"):
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DatasetError(f"cannot read {path}: {exc}") from exc
+
+
+#: Dataset kinds -> sample listers.
+DATASETS: dict[str, Callable[[Path], Iterator[SampleRef]]] = {
+    "grabcut": _list_grabcut,
+    "berkeley": _list_berkeley,
+    "davis": _list_davis,
+    "sbd": _list_sbd,
+    "cod10k": _list_cod10k,
+    "mvtec": _list_mvtec,
+    "folder": _list_folder,
+}
+
+
+def open_dataset(name: str, root: str | Path, *, limit: int | None = None) -> Dataset:
+    """List the samples of a benchmark folder.
+
+    Parameters
+    ----------
+    name : str
+        One of `DATASETS` (case-insensitive): ``grabcut``, ``berkeley``, ``davis``, ``sbd``,
+        ``cod10k``, ``mvtec``, ``folder``.
+    root : str or Path
+        The dataset folder (see the module docstring for the layouts).
+    limit : int or None
+        Keep the first `limit` samples (in name order) only.
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    DatasetError
+        Unknown name, missing folder, unknown layout, no samples, or (where it can be seen
+        from the file headers) an image and its mask of different sizes.
+    """
+    kind = str(name).lower()
+    if kind not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    if limit is not None and limit < 1:
+        raise DatasetError(f"limit must be >= 1, got {limit}")
+    refs: list[SampleRef] = []
+    for ref in DATASETS[kind](root):
+        if ref.decode in ("object", "binary"):
+            _check_pair_headers(ref.image_path, ref.mask_path)
+        refs.append(ref)
+        if limit is not None and len(refs) >= limit:
+            break
+    if not refs:
+        raise DatasetError(f"no {kind} samples (image + mask pairs) found in {root}")
+    logger.info("%s: %d samples in %s", kind, len(refs), root)
+    return Dataset(kind, root, refs)
+
+
+def _check_pair_headers(image: Path, mask: Path) -> None:
+    """Compare sizes when both headers tell them cheaply (PIL formats)."""
+    mask_hw = _header_hw(mask)
+    if mask_hw is not None:
+        _check_header_size(image, mask_hw, mask)
