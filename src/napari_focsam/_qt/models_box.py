@@ -1,0 +1,235 @@
+"""Model choice with weight status, download (with progress) and a local checkpoint file."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QToolButton,
+    QWidget,
+)
+
+from ..api.models import RANDOM_WEIGHTS
+from .session import ModelChoice
+from .tasks import DownloadCancelled, Failed, download_weights
+from .workers import TaskRunner
+
+__all__ = ["ENV_RANDOM_WEIGHTS", "INTERACTIVE_MODELS", "PROPAGATION_MODELS", "ModelsBox", "weights_label"]
+
+logger = logging.getLogger(__name__)
+
+#: Set to 1 to start the widget with random weights (tests, demos: masks are meaningless).
+ENV_RANDOM_WEIGHTS = "NAPARI_FOCSAM_RANDOM_WEIGHTS"
+
+INTERACTIVE_MODELS = (("SAM ViT-B", "sam_vit_b"), ("SAM ViT-L", "sam_vit_l"), ("SAM ViT-H", "sam_vit_h"),
+                      ("FocSAM ViT-H", "focsam_vit_h"), ("SAM 2.1 tiny", "sam2.1_hiera_tiny"),
+                      ("SAM 2.1 small", "sam2.1_hiera_small"),
+                      ("SAM 2.1 base+", "sam2.1_hiera_base_plus"), ("SAM 2.1 large", "sam2.1_hiera_large"))
+PROPAGATION_MODELS = INTERACTIVE_MODELS[4:]
+#: Extra entries in random-weights mode: tiny configs, fast on any CPU.
+TEST_INTERACTIVE = (("SAM test-tiny", "sam_test_tiny"), ("FocSAM test-tiny", "focsam_test_tiny"),
+                    ("SAM 2 test-tiny", "sam2_test_tiny"))
+TEST_PROPAGATION = (("SAM 2 test-tiny", "sam2_test_tiny"),)
+#: Item-data role of a model entry's plain name (the text also shows the weights' status).
+_NAME_ROLE = 257  # Qt.UserRole + 1
+
+
+def env_flag(name: str) -> bool:
+    """Whether environment variable `name` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def weights_label(model_id: str, random: bool) -> str:
+    """``cached`` / ``missing`` / ``unverified`` / ``random`` for a combo entry."""
+    if random:
+        return "random"
+    from ..weights import WEIGHTS, weights_status
+
+    if model_id not in WEIGHTS:
+        return "local file only"
+    try:
+        return weights_status(model_id)
+    except OSError as exc:  # unreadable cache folder
+        logger.debug("weights status of %s: %s", model_id, exc)
+        return "unknown"
+
+
+class _Relay(QObject):
+    """Carries download progress from the worker thread to the GUI thread."""
+
+    progress = Signal(object, object)
+
+
+class ModelsBox(QWidget):
+    """Interactive and propagation model combos, their weights, and the random-weights switch.
+
+    Signals
+    -------
+    changed()
+        A model, its weights or the random-weights switch changed.
+    status(str, bool)
+        A message (and whether it is an error).
+    busy()
+        A download started or ended.
+    """
+
+    changed = Signal()
+    status = Signal(str, bool)
+    busy = Signal()
+
+    def __init__(self, runner: TaskRunner, *, random_weights: bool | None = None, parent=None) -> None:
+        super().__init__(parent)
+        self.runner = runner
+        self._relay = _Relay(self)
+        self._relay.progress.connect(self._on_progress)
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        self.interactive_combo = QComboBox()
+        self.interactive_combo.setToolTip("Model that draws an object from your clicks / box")
+        self.propagation_combo = QComboBox()
+        self.propagation_combo.setToolTip("SAM 2 model that carries objects through z / t")
+        self.download_button = QPushButton("Download")
+        self.download_button.setToolTip("Download the interactive model's weights into the cache")
+        self.propagation_download = QPushButton("Download")
+        self.propagation_download.setToolTip("Download the propagation model's weights")
+        self.download_bar = QProgressBar()
+        self.download_bar.setVisible(False)
+        self.local_file = QLineEdit()
+        self.local_file.setPlaceholderText("optional: a local checkpoint file")
+        self.local_file.setClearButtonEnabled(True)
+        browse = QToolButton()
+        browse.setText("…")
+        browse.setToolTip("Use a local checkpoint file for the interactive model")
+        for label, widgets in (("Interactive", (self.interactive_combo, self.download_button)),
+                               ("", (self.download_bar,)), ("Local file", (self.local_file, browse)),
+                               ("Propagation", (self.propagation_combo, self.propagation_download))):
+            row = QHBoxLayout()
+            for i, widget in enumerate(widgets):
+                row.addWidget(widget, 1 if i == 0 else 0)
+            form.addRow(label, row)
+        self.random_check = QCheckBox("random weights (tests / demos: masks are meaningless)")
+        self.random_check.setChecked(env_flag(ENV_RANDOM_WEIGHTS) if random_weights is None
+                                     else bool(random_weights))
+        self._fill()
+        for combo in (self.interactive_combo, self.propagation_combo):
+            combo.currentIndexChanged.connect(self._emit_changed)
+        self.local_file.editingFinished.connect(self._emit_changed)
+        browse.clicked.connect(self._browse)
+        self.random_check.toggled.connect(self._on_random)
+        self.download_button.clicked.connect(lambda: self.download(self.interactive_combo.currentData()))
+        self.propagation_download.clicked.connect(
+            lambda: self.download(self.propagation_combo.currentData()))
+
+    # ------------------------------------------------------------------ choices
+    @property
+    def random_weights(self) -> bool:
+        return self.random_check.isChecked()
+
+    def interactive_choice(self) -> ModelChoice:
+        model_id = self.interactive_combo.currentData()
+        if self.random_weights:
+            return ModelChoice(model_id, RANDOM_WEIGHTS)
+        return ModelChoice(model_id, self.local_file.text().strip() or None)
+
+    def propagation_choice(self) -> ModelChoice:
+        return ModelChoice(self.propagation_combo.currentData(),
+                           RANDOM_WEIGHTS if self.random_weights else None)
+
+    def select_models(self, interactive: str | None = None, propagation: str | None = None) -> None:
+        """Select models by id (e.g. ``"sam_test_tiny"`` in random-weights mode)."""
+        for combo, model_id in ((self.interactive_combo, interactive),
+                                (self.propagation_combo, propagation)):
+            if model_id is not None:
+                index = combo.findData(model_id)
+                if index < 0:
+                    raise ValueError(f"{model_id!r} is not offered (random-weights mode lists the "
+                                     "test-tiny models)")
+                combo.setCurrentIndex(index)
+
+    def refresh_weights(self) -> None:
+        """Update the weight status shown after each model's name, and the Download buttons."""
+        random = self.random_weights
+        for combo in (self.interactive_combo, self.propagation_combo):
+            for i in range(combo.count()):
+                name = combo.itemData(i, _NAME_ROLE) or combo.itemText(i)
+                combo.setItemText(i, f"{name} — {weights_label(combo.itemData(i), random)}")
+        downloading = self.runner.running("download")
+        for button, combo in ((self.download_button, self.interactive_combo),
+                              (self.propagation_download, self.propagation_combo)):
+            status = weights_label(combo.currentData(), random)
+            button.setEnabled(status in ("missing", "unverified") and not downloading)
+
+    def _fill(self) -> None:
+        random = self.random_weights
+        for combo, models, tests in ((self.interactive_combo, INTERACTIVE_MODELS, TEST_INTERACTIVE),
+                                     (self.propagation_combo, PROPAGATION_MODELS, TEST_PROPAGATION)):
+            previous = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            for name, model_id in (*models, *(tests if random else ())):
+                combo.addItem(name, model_id)
+                combo.setItemData(combo.count() - 1, name, _NAME_ROLE)
+            combo.setCurrentIndex(max(combo.findData(previous), 0))
+            combo.blockSignals(False)
+        self.refresh_weights()
+
+    def _on_random(self, _checked: bool) -> None:
+        self._fill()
+        self._emit_changed()
+
+    def _emit_changed(self, *_args) -> None:
+        self.refresh_weights()
+        self.changed.emit()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint of the interactive model", "",
+                                              "Checkpoints (*.pt *.pth *.zip);;All files (*)")
+        if path:
+            self.local_file.setText(path)
+            self._emit_changed()
+
+    # ------------------------------------------------------------------ download
+    def download(self, model_id: str) -> None:
+        """Download `model_id`'s weights in a worker, showing the progress."""
+        if self.runner.running("download"):
+            self.status.emit("A download is already running", True)
+            return
+        self.download_bar.setRange(0, 0)
+        self.download_bar.setVisible(True)
+        self.status.emit(f"Downloading {model_id}…", False)
+        self.runner.start("download", download_weights, model_id, self._relay.progress.emit,
+                          on_event=self._on_event, on_done=self._on_done)
+        self.refresh_weights()
+        self.busy.emit()
+
+    def _on_progress(self, done, total) -> None:
+        if total:
+            self.download_bar.setRange(0, 1000)
+            self.download_bar.setValue(int(1000 * min(1.0, done / total)))
+            self.download_bar.setFormat(f"%p% of {total / 2**20:.0f} MiB")
+        else:
+            self.download_bar.setRange(0, 0)
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, Failed):
+            cancelled = isinstance(event.error, DownloadCancelled)
+            self.status.emit(event.message if cancelled else f"Download failed: {event.message}",
+                             not cancelled)
+        else:
+            self.status.emit(f"Downloaded {event}", False)
+
+    def _on_done(self, _task) -> None:
+        self.download_bar.setVisible(False)
+        self.refresh_weights()
+        self.busy.emit()
+        self.changed.emit()

@@ -1,0 +1,155 @@
+"""The "Prompts" section: which Points / Shapes layers hold the clicks and boxes."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from napari.layers import Points, Shapes
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from .bindings import PromptBindings
+from .layer_combo import LayerCombo
+from .prompt_layers import POSITIVE, MappedPrompts, make_points_layer, make_shapes_layer
+
+__all__ = ["PromptsPanel"]
+
+logger = logging.getLogger(__name__)
+
+
+class PromptsPanel(QWidget):
+    """Prompt layer choice, "New prompt layers", positive / negative mode.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    actions : object
+        What the keys call (see `bindings.KEYS`); held weakly.
+    image_layer : callable
+        ``() -> Image layer or None``: new prompt layers are aligned with it.
+
+    Signals
+    -------
+    prompts_changed()
+        Prompt data changed, or another prompt layer was chosen.
+    status(str, bool)
+    """
+
+    prompts_changed = Signal()
+    status = Signal(str, bool)
+
+    def __init__(self, viewer, actions, image_layer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self._image_layer = image_layer
+        self.positive = True
+        self._layers: dict[str, object] = {}
+        self.bindings = PromptBindings(actions)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.points_combo = LayerCombo(viewer, Points, none_text="(none)", auto_select=False)
+        self.shapes_combo = LayerCombo(viewer, Shapes, none_text="(none)", auto_select=False)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Points"))
+        row.addWidget(self.points_combo, 1)
+        row.addWidget(QLabel("Boxes"))
+        row.addWidget(self.shapes_combo, 1)
+        layout.addLayout(row)
+        row = QHBoxLayout()
+        self.new_button = QPushButton("New prompt layers")
+        self.new_button.setToolTip("Add a Points layer for clicks and a Shapes layer for boxes")
+        self.polarity_button = QPushButton()
+        self.polarity_button.setCheckable(True)
+        self.polarity_button.setToolTip("New clicks are positive (object) or negative (background)")
+        row.addWidget(self.new_button)
+        row.addWidget(self.polarity_button)
+        layout.addLayout(row)
+        self.new_button.clicked.connect(lambda: self.new_prompt_layers())
+        self.polarity_button.clicked.connect(lambda: self.toggle_polarity())
+        self.points_combo.layer_changed.connect(partial(self._on_layer, "points"))
+        self.shapes_combo.layer_changed.connect(partial(self._on_layer, "shapes"))
+        self._update_polarity()
+
+    def points_layer(self):
+        return self.points_combo.current_layer()
+
+    def shapes_layer(self):
+        return self.shapes_combo.current_layer()
+
+    def layers(self) -> list:
+        """The chosen prompt layers."""
+        return [layer for layer in (self.points_layer(), self.shapes_layer()) if layer is not None]
+
+    def new_prompt_layers(self):
+        """Add a Points layer (positive / negative clicks) and a Shapes layer (boxes)."""
+        image = self._image_layer()
+        shapes = make_shapes_layer(self.viewer, image)
+        points = make_points_layer(self.viewer, image, positive=self.positive)
+        self.points_combo.set_layer(points)
+        self.shapes_combo.set_layer(shapes)
+        self.viewer.layers.selection.active = points
+        points.mode = "add"
+        self.status.emit("Click on an object (shift+click: negative point); draw a rectangle in "
+                         f"'{shapes.name}' for a box", False)
+        return points, shapes
+
+    def _on_layer(self, kind: str, layer) -> None:
+        previous = self._layers.pop(kind, None)
+        if previous is not None:
+            previous.events.data.disconnect(self._on_data)
+        self.bindings.attach(kind, layer)
+        if layer is not None:
+            layer.events.data.connect(self._on_data)
+            self._layers[kind] = layer
+            if kind == "points" and POSITIVE in layer.features.columns:
+                layer.feature_defaults = {POSITIVE: self.positive}
+        self.prompts_changed.emit()
+
+    def _on_data(self, _event=None) -> None:
+        self.prompts_changed.emit()
+
+    def remove(self, mapped: MappedPrompts) -> None:
+        """Remove the points and shapes a committed prompt was built from."""
+        for layer, indices in ((self.points_layer(), mapped.point_indices),
+                               (self.shapes_layer(), mapped.shape_indices)):
+            if layer is not None and indices:
+                layer.selected_data = {i for i in indices if i < len(layer.data)}
+                layer.remove_selected()
+
+    def remove_last_click(self) -> bool:
+        """Remove the last point of the points layer; False if there is none."""
+        points = self.points_layer()
+        if points is None or not len(points.data):
+            return False
+        points.selected_data = {len(points.data) - 1}
+        points.remove_selected()
+        return True
+
+    def toggle_polarity(self) -> None:
+        """Switch new clicks between positive and negative."""
+        self.positive = not self.positive
+        points = self.points_layer()
+        if points is not None and POSITIVE in points.features.columns:
+            points.feature_defaults = {POSITIVE: self.positive}
+        elif points is not None:
+            self.status.emit("This points layer has no 'positive' feature: all its points are "
+                             "positive (use 'New prompt layers' for negative clicks)", True)
+        self._update_polarity()
+
+    def set_negative(self, indices) -> None:
+        """Mark points `indices` of the points layer negative."""
+        points = self.points_layer()
+        if points is None or POSITIVE not in points.features.columns:
+            return
+        features = points.features
+        features.loc[features.index[list(indices)], POSITIVE] = False
+        points.refresh_colors(update_color_mapping=False)
+        self.prompts_changed.emit()
+
+    def _update_polarity(self) -> None:
+        self.polarity_button.setChecked(not self.positive)
+        self.polarity_button.setText("Clicks: positive (T)" if self.positive else "Clicks: negative (T)")
+
+    def detach(self) -> None:
+        self.bindings.detach_all()

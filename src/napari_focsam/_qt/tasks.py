@@ -1,0 +1,173 @@
+"""The long operations of the widget, as plain generators run in worker threads (no Qt).
+
+Each task yields small event objects (`Status`, `api.Progress`, `PreviewResult`,
+`FrameResult`) that the widget handles in the GUI thread. A task never raises: the worker
+wrapper (`guarded`) turns an exception into a `Failed` event.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..api.prompts_file import ObjectPrompt
+from ..api.segmenter import Progress
+from .session import SegmenterHolder, SegmenterSpec
+
+__all__ = ["DownloadCancelled", "Failed", "FrameResult", "PreviewResult", "Status", "describe_error",
+           "download_weights", "is_user_error", "embed_task", "guarded", "preview_task", "propagate_task"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Status:
+    """A line for the status label."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A task stopped on an error."""
+
+    message: str
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class PreviewResult:
+    """The live preview of request `seq`: `mask` drawn from `prompt`."""
+
+    seq: int
+    prompt: ObjectPrompt
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One propagated frame: the segmenter's labels of (`frame`, `outer`)."""
+
+    frame: int
+    outer: int | None
+    labels: np.ndarray
+    progress: Progress
+
+
+#: Errors whose message is meant for the user as it is (no type name, no traceback in the log).
+_USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    global _USER_ERRORS
+    if not _USER_ERRORS:
+        from ..api.models import ModelChoiceError
+        from ..api.segmenter import PromptPlacementError
+        from ..models.checkpoint import CheckpointError
+        from ..store import StackError
+        from ..weights import WeightsError
+        from .axes import AxesError
+        from .session import WeightsMissingError
+
+        _USER_ERRORS = (DownloadCancelled, ModelChoiceError, PromptPlacementError, CheckpointError,
+                        StackError, WeightsError, AxesError, WeightsMissingError, FileNotFoundError)
+    return _USER_ERRORS
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether `exc` is a problem of the user's input (its message is meant for them)."""
+    return isinstance(exc, _user_errors())
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line message for the status label / notification."""
+    if isinstance(exc, _user_errors()):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def guarded(fn: Callable[..., Iterator], *args, **kwargs) -> Iterator:
+    """Run generator function `fn`, turning any exception into a final `Failed` event."""
+    try:
+        yield from fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - reported to the user, never raised in a thread
+        if not isinstance(exc, _user_errors()):
+            logger.exception("FocSAM task %s failed", getattr(fn, "__name__", fn))
+        yield Failed(describe_error(exc), exc)
+
+
+class DownloadCancelled(RuntimeError):
+    """The user cancelled a download."""
+
+
+def download_weights(model_id: str, progress: Callable[[int, int | None], None], *,
+                     cancel_event: threading.Event):
+    """Fetch `model_id`'s checkpoint into the cache; ``progress(done, total)`` per chunk."""
+    from ..weights import fetch_weights
+
+    def callback(done: int, total: int | None) -> None:
+        if cancel_event.is_set():
+            raise DownloadCancelled(f"download of {model_id} cancelled")
+        progress(done, total)
+
+    return fetch_weights(model_id, progress=callback)
+
+
+def _segmenter(holder: SegmenterHolder, spec: SegmenterSpec) -> Iterator[Status]:
+    """Yield a status line first when the models have to be loaded (call with the lock held)."""
+    if not holder.matches(spec):
+        yield Status(f"Loading {spec.interactive.model_id}"
+                     + (f" and {spec.propagation.model_id}" if spec.propagation and spec.axes.is_stack
+                        and spec.propagation != spec.interactive else "") + "…")
+
+
+def embed_task(holder: SegmenterHolder, spec: SegmenterSpec, *,
+               cancel_event: threading.Event) -> Iterator[Status | Progress]:
+    """Compute (or find cached) the embeddings of every frame, for each model."""
+    yield from _segmenter(holder, spec)
+    with holder.lock:
+        seg = holder.get(spec)
+    for progress in seg.embed(cancel_event=cancel_event):
+        yield progress
+        if cancel_event.is_set():
+            return
+
+
+def preview_task(holder: SegmenterHolder, spec: SegmenterSpec, prompt: ObjectPrompt, seq: int, *,
+                 cancel_event: threading.Event) -> Iterator[Status | PreviewResult]:
+    """Draw one object from its prompts (the live preview)."""
+    yield from _segmenter(holder, spec)
+    with holder.lock:
+        if cancel_event.is_set():
+            return
+        mask = holder.get(spec).draw_object(prompt)
+    yield PreviewResult(seq, prompt, np.asarray(mask, dtype=bool))
+
+
+def propagate_task(holder: SegmenterHolder, spec: SegmenterSpec, prompts: list[ObjectPrompt],
+                   direction: str, *, cancel_event: threading.Event) -> Iterator[Status | FrameResult]:
+    """Propagate every object through its stack, yielding each finished frame's labels."""
+    yield from _segmenter(holder, spec)
+    with holder.lock:
+        seg = holder.get(spec)
+        steps = seg.propagate(prompts, direction, cancel_event=cancel_event)
+    yield Status(f"Propagating {len({p.obj_id for p in prompts})} object(s) ({direction})…")
+    source = seg.source
+    try:
+        while not cancel_event.is_set():
+            with holder.lock:
+                progress = next(steps, None)
+            if progress is None:
+                return
+            flat = int(progress.frame)
+            if source.outer_axis is not None:
+                outer, frame = source.split_index(flat)
+            else:
+                outer, frame = None, flat
+            yield FrameResult(int(frame), outer, seg.labels[flat].copy(), progress)
+    finally:
+        steps.close()

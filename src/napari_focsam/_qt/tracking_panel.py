@@ -1,0 +1,186 @@
+"""The "FocSAM tracking" dock widget: tracks of a labelled time-lapse, divisions, CTC export.
+
+Works on any Labels layer whose axis 0 is time (what "propagate through t" produces): shows a
+Tracks layer of per-id centroids with the lineage, divides the selected object on the current
+frame into two daughters (the mother's track ends, two new ids start, linked to it), and
+exports the Cell Tracking Challenge result format (``maskTTT.tif`` + ``res_track.txt``) or
+the labels as a TIFF. Everything here is quick numpy work on the layer's data; the lineage
+lives in the layer's ``metadata["focsam_tracks"]`` so it survives between actions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Labels, Tracks
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..tracking import TrackTable, divide_object, export_ctc, export_labels_tiff, tracks_from_labels
+from .layer_combo import LayerCombo
+
+__all__ = ["TrackingPanel"]
+
+logger = logging.getLogger(__name__)
+
+TRACKS_NAME = "FocSAM tracks"
+META_KEY = "focsam_tracks"
+
+
+class TrackingPanel(QWidget):
+    """Tracks, divisions and export for a time-lapse Labels layer (time = axis 0).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer, parent=None) -> None:
+        super().__init__(parent)
+        # napari hands plugin widgets a proxy of the viewer; layer identity needs the real one
+        self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.labels_combo = LayerCombo(self.viewer, Labels,
+                                       accept=lambda layer: layer.data.ndim >= 3)
+        self.update_button = QPushButton("Update tracks")
+        self.divide_button = QPushButton("Division: split selected object here")
+        self.ctc_button = QPushButton("Export CTC…")
+        self.tiff_button = QPushButton("Export labels TIFF…")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        box = QGroupBox("Tracking (time = first axis)")
+        form = QFormLayout()
+        form.addRow("labels", self.labels_combo)
+        box_layout = QVBoxLayout(box)
+        box_layout.addLayout(form)
+        box_layout.addWidget(self.update_button)
+        box_layout.addWidget(self.divide_button)
+        row = QHBoxLayout()
+        row.addWidget(self.ctc_button)
+        row.addWidget(self.tiff_button)
+        box_layout.addLayout(row)
+        box_layout.addWidget(QLabel("Division: select the mother's id in the Labels layer "
+                                    "(its label picker), go to the first frame of the daughters "
+                                    "and press the button; re-propagate the daughters to refine."))
+        box_layout.addWidget(self.status)
+        layout = QVBoxLayout(self)
+        layout.addWidget(box)
+        layout.addStretch(1)
+
+        self.update_button.clicked.connect(self.update_tracks)
+        self.divide_button.clicked.connect(self.divide_selected)
+        self.ctc_button.clicked.connect(lambda: self.export_ctc())
+        self.tiff_button.clicked.connect(lambda: self.export_tiff())
+
+    # ------------------------------------------------------------------ helpers
+    def _labels(self) -> Labels | None:
+        layer = self.labels_combo.current_layer()
+        if layer is None:
+            self._fail("choose a Labels layer whose first axis is time")
+        return layer
+
+    def _fail(self, message: str) -> None:
+        self.status.setText(message)
+        show_error(message)
+
+    def _table(self, layer: Labels) -> TrackTable:
+        table = layer.metadata.get(META_KEY)
+        fresh = TrackTable.from_labels(np.asarray(layer.data))
+        if isinstance(table, TrackTable):  # keep recorded divisions that still hold
+            for child, parent in table.parents.items():
+                if child in fresh.begin and parent in fresh.begin:
+                    fresh.parents[child] = parent
+        return fresh
+
+    # ------------------------------------------------------------------ actions
+    def update_tracks(self) -> Tracks | None:
+        """(Re)build the "FocSAM tracks" layer from the labels and the recorded lineage."""
+        layer = self._labels()
+        if layer is None:
+            return None
+        labels = np.asarray(layer.data)
+        table = self._table(layer)
+        layer.metadata[META_KEY] = table
+        data, graph = tracks_from_labels(labels, table)
+        if len(data) == 0:
+            self._fail("no objects in the labels yet")
+            return None
+        # tracks are in the labels' data coordinates: same scale and translation
+        kwargs = {"scale": layer.scale, "translate": layer.translate}
+        if TRACKS_NAME in self.viewer.layers:
+            tracks = self.viewer.layers[TRACKS_NAME]
+            tracks.data = data
+            tracks.graph = graph
+        else:
+            tracks = self.viewer.add_tracks(data, graph=graph, name=TRACKS_NAME, **kwargs)
+        n = len(np.unique(data[:, 0]))
+        self.status.setText(f"{n} tracks, {len(graph)} with a parent")
+        return tracks
+
+    def divide_selected(self) -> tuple[int, int] | None:
+        """Divide the Labels layer's selected id at the viewer's current time step."""
+        layer = self._labels()
+        if layer is None:
+            return None
+        parent = int(layer.selected_label)
+        frame = int(self.viewer.dims.current_step[0])
+        try:
+            out, table, daughters = divide_object(np.asarray(layer.data), parent, frame,
+                                                  self._table(layer))
+        except ValueError as exc:
+            self._fail(f"cannot divide object {parent} at frame {frame}: {exc}")
+            return None
+        layer.data = out
+        layer.metadata[META_KEY] = table
+        layer.selected_label = daughters[0]
+        self.update_tracks()
+        message = f"object {parent} divided into {daughters[0]} and {daughters[1]} at frame {frame}"
+        self.status.setText(message)
+        show_info(message)
+        return daughters
+
+    def export_ctc(self, folder: str | Path | None = None) -> Path | None:
+        """Write ``maskTTT.tif`` + ``res_track.txt`` (asks for a folder when none is given)."""
+        layer = self._labels()
+        if layer is None:
+            return None
+        if folder is None:
+            folder = QFileDialog.getExistingDirectory(self, "Export CTC results into…")
+            if not folder:
+                return None
+        try:
+            out = export_ctc(np.asarray(layer.data), folder, self._table(layer), overwrite=True)
+        except (ValueError, OSError) as exc:
+            self._fail(f"CTC export failed: {exc}")
+            return None
+        self.status.setText(f"CTC results written to {out}")
+        return Path(out)
+
+    def export_tiff(self, path: str | Path | None = None) -> Path | None:
+        """Write the labels as a TIFF (asks for a file when none is given)."""
+        layer = self._labels()
+        if layer is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export labels", "labels.tif",
+                                                  "TIFF (*.tif *.tiff)")
+            if not path:
+                return None
+        try:
+            out = export_labels_tiff(np.asarray(layer.data), path)
+        except (ValueError, OSError) as exc:
+            self._fail(f"labels export failed: {exc}")
+            return None
+        self.status.setText(f"labels written to {out}")
+        return Path(out)
