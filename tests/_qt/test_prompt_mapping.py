@@ -51,15 +51,38 @@ def test_points_without_feature_are_positive():
     assert positive_flags(points).tolist() == [True, True]
 
 
-def test_rectangle_becomes_a_box_and_other_shapes_are_noted():
+def test_rectangle_becomes_a_box_and_an_ellipse_a_mask_prompt():
     image = Image(np.zeros((3, 20, 30)), scale=(1, 2, 2))
     shapes = Shapes(ndim=3)
     shapes.add_rectangles(np.array([[1, 4, 6], [1, 4, 20], [1, 16, 20], [1, 16, 6.0]]))
-    shapes.add_ellipses(np.array([[1, 2, 2], [1, 2, 8], [1, 8, 8], [1, 8, 2.0]]))
+    shapes.add_ellipses(np.array([[1, 2, 2], [1, 2, 10], [1, 10, 10], [1, 10, 2.0]]))
+    shapes.add_lines(np.array([[1, 0, 0], [1, 5, 5.0]]))
     mapped = collect_prompt(1, image, ImageAxes(3, 0), 1, None, shapes_layer=shapes)
     np.testing.assert_allclose(mapped.prompt.box_rc, [2, 3, 8, 10])
-    assert mapped.shape_indices == [0]
-    assert any("non-rectangle" in n for n in mapped.notes)
+    assert mapped.shape_indices == [0, 1]
+    # the ellipse (world 2..10 = image pixels 1..5 in both axes) as pixels of the 20 x 30 image
+    mask = mapped.prompt.mask
+    assert mask.shape == (20, 30) and mask[3, 3] and not mask[0, 0] and not mask[3, 8]
+    assert abs(int(mask.sum()) - np.pi * 2 * 2) <= 8
+    assert any("line / path" in n for n in mapped.notes)
+    assert any("mask prompt is not used" in n for n in mapped.notes)
+
+
+def test_polygon_alone_is_a_mask_prompt_in_image_pixels_of_any_transform():
+    image = Image(np.zeros((40, 60)), scale=(0.5, 0.5), translate=(10, 20))
+    shapes = Shapes(ndim=2)
+    # a world-space triangle; image pixel = (world - translate) / 0.5
+    shapes.add_polygons(np.array([[12.0, 22.0], [12.0, 32.0], [22.0, 22.0]]))
+    mapped = collect_prompt(7, image, ImageAxes(2), None, None, shapes_layer=shapes)
+    prompt = mapped.prompt
+    assert prompt.obj_id == 7 and prompt.box_rc is None and len(prompt.points_rc) == 0
+    mask = prompt.mask
+    assert mask[6, 6] and not mask[18, 18] and not mask[2, 2]  # corners at (4,4), (4,24), (24,4)
+    assert 150 < mask.sum() < 260  # a right triangle of legs 20: area 200
+    far = Shapes(ndim=2)
+    far.add_polygons(np.array([[500.0, 500.0], [500.0, 510.0], [510.0, 500.0]]))
+    outside = collect_prompt(7, image, ImageAxes(2), None, None, shapes_layer=far)
+    assert outside.prompt is None and any("covers no pixel" in n for n in outside.notes)
 
 
 @pytest.mark.parametrize("point, expected", [((-0.4, 3.0), (0.0, 3.0)), ((19.4, 29.3), (19.0, 29.0))])

@@ -300,3 +300,24 @@ def test_commit_before_the_preview_is_ready_commits_when_it_is(make_widget, fake
     assert "when the preview is ready" in widget.status_label.text()
     qtbot.waitUntil(lambda: widget.objects.book.ids == [1], timeout=10000)
     assert (widget.objects.target_layer().data == 1).sum() == disc(HW, (10, 20)).sum()
+
+
+def test_polygon_is_a_mask_prompt_previewed_and_committed_as_drawn(make_widget, qtbot):
+    """No stand-in: a mask prompt alone is the object, so the real Segmenter returns it."""
+    from skimage.draw import polygon as fill_polygon
+
+    viewer, image, widget = make_widget(synthetic_stack())
+    _, shapes = widget.new_prompt_layers()
+    viewer.dims.set_current_step(0, 3)
+    verts = np.array([[3, 4, 5], [3, 4, 25], [3, 16, 12.0]])
+    shapes.add_polygons(verts)
+    result, request = wait_preview(qtbot, widget)
+    expected = np.zeros(HW, bool)
+    rr, cc = fill_polygon(verts[:, 1], verts[:, 2], shape=HW)
+    expected[rr, cc] = True
+    assert request.frame == 3
+    np.testing.assert_array_equal(result.mask, expected)
+    assert widget.commit()
+    labels = widget.objects.target_layer()
+    np.testing.assert_array_equal(labels.data[3] == 1, expected)
+    assert not labels.data[[0, 1, 2]].any() and len(shapes.data) == 0

@@ -27,8 +27,8 @@ KEYS = {
 }
 
 HELP = ("Click: positive point · Shift+click: negative point · T: toggle positive/negative · "
-        "C: commit object · U: undo last click · N: new object · draw a rectangle in "
-        "'FocSAM boxes' for a box")
+        "C: commit object · U: undo last click · N: new object · in 'FocSAM boxes': a "
+        "rectangle is a box, a polygon or ellipse is the object's mask")
 
 
 class PromptBindings:

@@ -120,7 +120,9 @@ def collect_prompt(obj_id: int, image, axes: ImageAxes, frame: int | None, outer
 
     Points of `points_layer` on that plane become clicks (positive unless their `POSITIVE`
     feature is False); the last rectangle of `shapes_layer` on that plane becomes the box
-    (its mapped vertices' min / max row and column). Other shape types are not used yet.
+    (its mapped vertices' min / max row and column); polygons and ellipses on that plane become
+    a mask prompt (their union, rasterised in image pixels after mapping the vertices, so any
+    layer transform works). Lines and paths are not used.
     """
     hw = tuple(int(s) for s in axes.labels_shape(_image_shape(image))[-2:])
     result = MappedPrompts(None)
@@ -133,12 +135,18 @@ def collect_prompt(obj_id: int, image, axes: ImageAxes, frame: int | None, outer
         rc = _clip_points(pos[keep][:, -2:], hw)
         labels = positive_flags(points_layer)[keep].astype(np.int64)
     box = None
+    mask = None
     if shapes_layer is not None and len(shapes_layer.data):
         others = 0
         for index, (verts, kind) in enumerate(zip(shapes_layer.data, shapes_layer.shape_type,
                                                   strict=True)):
             pos = to_image_data(verts, shapes_layer, image, world_point)
             if not _on_plane(pos.mean(axis=0, keepdims=True), axes, frame, outer)[0]:
+                continue
+            if kind in ("polygon", "ellipse"):
+                region = rasterise_shape(pos[:, -2:], kind, hw)
+                mask = region if mask is None else mask | region
+                result.shape_indices.append(index)
                 continue
             if kind != "rectangle":
                 others += 1
@@ -149,14 +157,46 @@ def collect_prompt(obj_id: int, image, axes: ImageAxes, frame: int | None, outer
             if box is not None:
                 result.notes.append("several rectangles on this slice: the last one is the box")
             box = np.array([lo[0], lo[1], hi[0], hi[1]], dtype=np.float64)
-            result.shape_indices = [index]
+            result.shape_indices = [i for i in result.shape_indices
+                                    if shapes_layer.shape_type[i] != "rectangle"] + [index]
         if others:
-            result.notes.append(f"{others} non-rectangle shape(s) ignored (only rectangles are "
-                                "used as boxes)")
-    if len(rc) == 0 and box is None:
+            result.notes.append(f"{others} line / path shape(s) ignored (rectangles are boxes, "
+                                "polygons and ellipses are mask prompts)")
+    if mask is not None and not mask.any():
+        result.notes.append("the polygon / ellipse covers no pixel of the image")
+        mask = None
+    if len(rc) == 0 and box is None and mask is None:
         return result
-    result.prompt = ObjectPrompt(int(obj_id), frame, rc, labels, box, outer)
+    if mask is not None and (len(rc) or box is not None):
+        result.notes.append("clicks / box given: they draw the object, the mask prompt is not used")
+    result.prompt = ObjectPrompt(int(obj_id), frame, rc, labels, box, outer, mask)
     return result
+
+
+def rasterise_shape(rc: np.ndarray, kind: str, hw: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool pixels inside a polygon or an ellipse given in image (row, col).
+
+    Parameters
+    ----------
+    rc : np.ndarray
+        ``(N, 2)`` vertices; for an ellipse, the 4 corners of its bounding box in order (as
+        napari stores it; after an affine mapping they form a parallelogram).
+    kind : {"polygon", "ellipse"}
+    hw : tuple of int
+        Image size.
+    """
+    from skimage.draw import polygon as fill_polygon
+
+    rc = np.asarray(rc, dtype=np.float64)
+    if kind == "ellipse":
+        centre = rc.mean(axis=0)
+        half_1, half_2 = (rc[1] - rc[0]) / 2, (rc[3] - rc[0]) / 2
+        t = np.linspace(0.0, 2 * np.pi, 129)[:-1, None]
+        rc = centre + np.cos(t) * half_1 + np.sin(t) * half_2
+    mask = np.zeros(hw, dtype=bool)
+    rows, cols = fill_polygon(rc[:, 0], rc[:, 1], shape=hw)
+    mask[rows, cols] = True
+    return mask
 
 
 def image_data(image):

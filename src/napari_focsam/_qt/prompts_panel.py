@@ -90,8 +90,9 @@ class PromptsPanel(QWidget):
         self.shapes_combo.set_layer(shapes)
         self.viewer.layers.selection.active = points
         points.mode = "add"
-        self.status.emit("Click on an object (shift+click: negative point); draw a rectangle in "
-                         f"'{shapes.name}' for a box", False)
+        self.status.emit("Click on an object (shift+click: negative point); in "
+                         f"'{shapes.name}' a rectangle is a box, a polygon or ellipse a mask",
+                         False)
         return points, shapes
 
     def _on_layer(self, kind: str, layer) -> None:
