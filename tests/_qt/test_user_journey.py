@@ -79,7 +79,7 @@ def test_open_click_commit_propagate_correct_track_divide_export(make_widget, qt
     OracleTracker.truth = truth
 
     def oracle_draw(self, prompt):  # the ground-truth cell under the first click
-        self._check_inside(prompt)
+        self.check_prompt(prompt)
         r, c = (int(v) for v in prompt.points_rc[0])
         cell = truth[prompt.frame][r, c]
         return truth[prompt.frame] == cell if cell else np.zeros(truth.shape[1:], bool)

@@ -37,7 +37,7 @@ class FakeDraw:
         self.delay = delay
 
     def __call__(self, seg: Segmenter, prompt):
-        seg._check_inside(prompt)  # keep the real placement errors
+        seg.check_prompt(prompt)  # keep the real placement errors
         self.prompts.append(prompt)
         time.sleep(self.delay)
         positive = [p for p, lab in zip(prompt.points_rc, prompt.labels, strict=True) if lab == 1]

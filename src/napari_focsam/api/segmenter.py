@@ -136,7 +136,13 @@ class Segmenter:
         return self.source.frame_index(outer, int(frame)) if self.source.outer_axis is not None \
             else int(frame)
 
-    def _check_inside(self, prompt: ObjectPrompt) -> None:
+    def check_prompt(self, prompt: ObjectPrompt) -> None:
+        """Raise `PromptPlacementError` unless `prompt` is usable on this data.
+
+        Checks the object id (>= 1), points and labels, finiteness, that points and box lie in
+        the frame and that a mask prompt has the frame's shape and is not empty. Frames are
+        checked by `flat_frame`.
+        """
         # the engine's conventions: a point lies on a pixel (0 <= row < H), a box's corners on
         # pixel edges (0 <= row <= H), so [0, 0, H, W] is the whole image
         h, w = self.source.frame_shape
@@ -245,7 +251,7 @@ class Segmenter:
         np.ndarray
             ``(H, W)`` bool.
         """
-        self._check_inside(prompt)
+        self.check_prompt(prompt)
         return self._mask_from_interactive(prompt, self.flat_frame(prompt.frame, prompt.outer))
 
     @staticmethod
@@ -271,7 +277,7 @@ class Segmenter:
         if not prompts:
             raise PromptPlacementError("no prompts: add points or a box for at least one object")
         for p in prompts:
-            self._check_inside(p)
+            self.check_prompt(p)
         out = np.zeros(self.source.frame_shape, dtype=np.int32)
         for p in sorted(prompts, key=lambda p: p.obj_id):
             out[self._mask_from_interactive(p, flat)] = p.obj_id
@@ -313,7 +319,7 @@ class Segmenter:
             raise PromptPlacementError("no prompts: add points or boxes for at least one object")
         by_outer: dict[int, list[ObjectPrompt]] = {}
         for p in prompts:
-            self._check_inside(p)
+            self.check_prompt(p)
             self.flat_frame(p.frame, p.outer)
             by_outer.setdefault(int(p.outer or 0), []).append(p)
         return self._propagate(sorted(by_outer.items()), direction, cancel_event)
