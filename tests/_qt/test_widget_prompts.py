@@ -283,10 +283,12 @@ def test_buttons_without_an_image_report_instead_of_raising(make_napari_viewer, 
     viewer.window.add_dock_widget(widget)
     for button, text in ((widget.objects.new_labels_button, "no image layer"),
                          (widget.embed_button, "no image layer"),
-                         (widget.objects.commit_button, "Nothing to commit"),
-                         (widget.objects.propagate_buttons["both"], "Nothing to propagate")):
+                         (widget.objects.commit_button, "Nothing to commit")):
         button.click()
         assert text in widget.status_label.text()
+    assert not any(b.isEnabled() for b in widget.objects.propagate_buttons.values())
+    widget.propagate("both")  # the method (a shortcut or a script) still reports, not raises
+    assert "Nothing to propagate" in widget.status_label.text()
     assert not widget.objects.undo_commit_button.isEnabled()
     widget.shutdown()
 
@@ -321,3 +323,33 @@ def test_polygon_is_a_mask_prompt_previewed_and_committed_as_drawn(make_widget, 
     labels = widget.objects.target_layer()
     np.testing.assert_array_equal(labels.data[3] == 1, expected)
     assert not labels.data[[0, 1, 2]].any() and len(shapes.data) == 0
+
+
+def test_propagate_buttons_follow_the_data_and_undo_waits_for_propagation(make_widget, fake_draw,
+                                                                         qtbot):
+    viewer, image, widget = make_widget(synthetic_stack()[0])  # one 2D image
+    assert not any(b.isEnabled() for b in widget.objects.propagate_buttons.values())
+    stack = viewer.add_image(synthetic_stack(), name="stack")
+    widget.setup.image_combo.set_layer(stack)
+    qtbot.waitUntil(lambda: all(b.isEnabled() for b in widget.objects.propagate_buttons.values()))
+
+
+def test_undo_commit_waits_for_a_running_propagation(make_widget, fake_draw, monkeypatch, qtbot):
+    from widget_helpers import slow_propagate
+
+    from napari_focsam.api.segmenter import Segmenter
+
+    monkeypatch.setattr(Segmenter, "propagate", slow_propagate(0.4))
+    viewer, image, widget = make_widget(synthetic_stack())
+    points, _ = widget.new_prompt_layers()
+    viewer.dims.set_current_step(0, 0)
+    points.add([0, 10, 15])
+    wait_preview(qtbot, widget)
+    assert widget.commit()
+    widget.propagate("forward")
+    assert widget.runner.running("propagate")
+    widget.undo_commit()
+    assert "Propagation is running" in widget.status_label.text()
+    assert widget.objects.book.ids == [1]
+    widget.cancel()
+    wait_idle(qtbot, widget)

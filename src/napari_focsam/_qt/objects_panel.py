@@ -81,7 +81,7 @@ class ObjectsPanel(PropagationMixin, QWidget):
             grid.addWidget(button, i // 2, i % 2)
         layout.addLayout(grid)
         self.object_list = QListWidget()
-        self.object_list.setMaximumHeight(110)
+        self.object_list.setMinimumHeight(80)
         self.object_list.setToolTip("Committed objects: select one to add clicks to it on another "
                                     "slice (a correction); 'New object' to start another")
         layout.addWidget(self.object_list)
@@ -235,6 +235,9 @@ class ObjectsPanel(PropagationMixin, QWidget):
     def undo_commit(self) -> None:
         """Restore exactly the pixels the last commit changed."""
         target = self._book_layer
+        if self._propagation is not None:
+            self.owner.report("Propagation is running: undo when it ends (or cancel it)", True)
+            return
         if not self.book.history:
             self.owner.report("No commit to undo", True)
             return

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 
 from ..tracking import TrackTable, divide_object, export_ctc, export_labels_tiff, tracks_from_labels
 from .layer_combo import LayerCombo
+from .live import PREVIEW_NAME
 
 __all__ = ["TrackingPanel"]
 
@@ -50,8 +51,9 @@ class TrackingPanel(QWidget):
         super().__init__(parent)
         # napari hands plugin widgets a proxy of the viewer; layer identity needs the real one
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self.labels_combo = LayerCombo(self.viewer, Labels,
-                                       accept=lambda layer: layer.data.ndim >= 3)
+        self.labels_combo = LayerCombo(
+            self.viewer, Labels,
+            accept=lambda layer: layer.data.ndim >= 3 and layer.name != PREVIEW_NAME)
         self.update_button = QPushButton("Update tracks")
         self.divide_button = QPushButton("Division: split selected object here")
         self.ctc_button = QPushButton("Export CTC…")
@@ -70,9 +72,11 @@ class TrackingPanel(QWidget):
         row.addWidget(self.ctc_button)
         row.addWidget(self.tiff_button)
         box_layout.addLayout(row)
-        box_layout.addWidget(QLabel("Division: select the mother's id in the Labels layer "
-                                    "(its label picker), go to the first frame of the daughters "
-                                    "and press the button; re-propagate the daughters to refine."))
+        hint = QLabel("Division: select the mother's id in the Labels layer (its label picker), "
+                      "go to the first frame of the daughters and press the button. Divide after "
+                      "the last propagation: the segmentation dock does not know the daughters.")
+        hint.setWordWrap(True)
+        box_layout.addWidget(hint)
         box_layout.addWidget(self.status)
         layout = QVBoxLayout(self)
         layout.addWidget(box)

@@ -11,9 +11,20 @@ from functools import partial
 
 from napari.layers import Labels
 from qtpy.QtCore import QEvent
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ..api.segmenter import Progress
+from .axes import AxesError
 from .bindings import HELP
 from .live import LivePreview, PreviewRequest
 from .objects_panel import ObjectsPanel
@@ -63,7 +74,16 @@ class FocSamWidget(QWidget):
         self._embed_image = None
         self.live = LivePreview(self.viewer, self.runner, self.holder, self._preview_request,
                                 self.report, self)
-        layout = QVBoxLayout(self)
+        # the sections scroll, so the dock fits beside (or above) other docks
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         self.setup = SetupPanel(self.viewer, self.runner, random_weights=random_weights)
         self.embed_button = QPushButton("Compute embeddings")
         self.embed_button.setToolTip("Encode every frame now (otherwise a slice is encoded when "
@@ -101,6 +121,7 @@ class FocSamWidget(QWidget):
         self.prompts.prompts_changed.connect(self.live.schedule)
         self.prompts.status.connect(self.report)
         self.setup.changed.connect(self.live.schedule)
+        self.setup.changed.connect(self._update_buttons)
         self.setup.status.connect(self.report)
         self.setup.busy.connect(self._update_buttons)
         self.viewer.dims.events.current_step.connect(self.live.schedule)
@@ -143,8 +164,13 @@ class FocSamWidget(QWidget):
     def _update_buttons(self) -> None:
         self.embed_button.setEnabled(not self.runner.running("embed"))
         propagating = self.runner.running("propagate")
+        try:
+            is_stack = self.setup.axes().is_stack
+        except (AxesError, AttributeError):  # no image or an unusable axis choice
+            is_stack = False
         for button in self.objects.propagate_buttons.values():
-            button.setEnabled(not propagating)
+            button.setEnabled(is_stack and not propagating)
+            button.setToolTip("" if is_stack else "Propagation needs a stack: choose a stack axis")
         self.cancel_button.setEnabled(any(self.runner.running(n) for n in LONG_TASKS))
 
     # ------------------------------------------------------------------ image / spec
