@@ -12,13 +12,11 @@ from functools import partial
 from napari.layers import Labels
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -74,16 +72,7 @@ class FocSamWidget(QWidget):
         self._embed_image = None
         self.live = LivePreview(self.viewer, self.runner, self.holder, self._preview_request,
                                 self.report, self)
-        # the sections scroll, so the dock fits beside (or above) other docks
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        layout = QVBoxLayout(self)
         self.setup = SetupPanel(self.viewer, self.runner, random_weights=random_weights)
         self.embed_button = QPushButton("Compute embeddings")
         self.embed_button.setToolTip("Encode every frame now (otherwise a slice is encoded when "
