@@ -12,11 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_errors import EXIT_OK, run_with_exit_codes
+
 __all__ = ["add_evaluate_parser", "run_evaluate"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_INPUT, EXIT_CANCELLED = 0, 2, 130
 
 
 def _positive_int(text: str) -> int:
@@ -131,30 +132,4 @@ def run_evaluate(args: argparse.Namespace) -> int:
     -------
     int
     """
-    from .cli_weights import EXIT_DOWNLOAD, EXIT_OFFLINE, EXIT_VERIFY
-    from .weights import (
-        DownloadError,
-        HashMismatchError,
-        WeightsNotAvailableError,
-        WeightsVerificationError,
-    )
-
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("napari-focsam: interrupted; no results written\n")
-        return EXIT_CANCELLED
-    except WeightsNotAvailableError as exc:
-        return _fail(exc, EXIT_OFFLINE)
-    except (HashMismatchError, WeightsVerificationError) as exc:
-        return _fail(exc, EXIT_VERIFY)
-    except DownloadError as exc:
-        return _fail(exc, EXIT_DOWNLOAD)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        return _fail(exc, EXIT_INPUT)
-
-
-def _fail(exc: BaseException, code: int) -> int:
-    sys.stderr.write(f"napari-focsam: error: {exc}\n")
-    logger.debug("details", exc_info=exc)
-    return code
+    return run_with_exit_codes(lambda: _run(args), "no results written")

@@ -7,11 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_errors import EXIT_OK, run_with_exit_codes
+
 __all__ = ["add_stack_parsers", "run_stack"]
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_INPUT, EXIT_CACHE, EXIT_CANCELLED = 0, 2, 6, 130
 
 
 def _axis(text: str) -> int | str | None:
@@ -173,36 +174,7 @@ def run_stack(args) -> int:
     ``weights``); 6 the embedding cache cannot be used (e.g. disk full, no write access);
     130 interrupted (nothing written).
     """
-    from .cli_weights import EXIT_DOWNLOAD, EXIT_OFFLINE, EXIT_VERIFY
     from .engine.propagation import PropagationError
-    from .store import CacheError
-    from .weights import (
-        DownloadError,
-        HashMismatchError,
-        WeightsNotAvailableError,
-        WeightsVerificationError,
-    )
 
-    try:
-        return _run(args)
-    except KeyboardInterrupt:
-        sys.stderr.write("napari-focsam: interrupted; no output written (cached embeddings "
-                         "are kept)\n")
-        return EXIT_CANCELLED
-    except WeightsNotAvailableError as exc:
-        return _fail(exc, EXIT_OFFLINE)
-    except (HashMismatchError, WeightsVerificationError) as exc:
-        return _fail(exc, EXIT_VERIFY)
-    except DownloadError as exc:
-        return _fail(exc, EXIT_DOWNLOAD)
-    except CacheError as exc:
-        return _fail(exc, EXIT_CACHE)
-    except (ValueError, FileNotFoundError, IndexError, PropagationError) as exc:
-        return _fail(exc, EXIT_INPUT)
-
-
-def _fail(exc: BaseException, code: int) -> int:
-    sys.stderr.write(f"napari-focsam: error: {exc}\n")
-    logger.debug("details", exc_info=exc)
-    return code
-
+    return run_with_exit_codes(lambda: _run(args), "no output written (cached embeddings are kept)",
+                               (IndexError, PropagationError))
