@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_errors import EXIT_OK, run_with_exit_codes
+
 __all__ = ["add_evaluate_stack_parser", "run_evaluate_stack"]
 
 logger = logging.getLogger(__name__)
@@ -35,47 +37,45 @@ def add_evaluate_stack_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate_stack(args: argparse.Namespace) -> int:
-    """Run ``evaluate-stack``; 0 done, 2 bad input, 130 interrupted."""
+    """Run ``evaluate-stack``; exit codes of `cli_errors.run_with_exit_codes` (0 done, 2 bad
+    input, 3-5 weights, 130 interrupted)."""
+    return run_with_exit_codes(lambda: _run(args), "no report written")
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .api.io import open_image, write_labels_tiff
     from .evaluation.stack import evaluate_stack, write_stack_report
 
-    try:
-        gt = np.asarray(open_image(args.gt))
-        settings: dict = {"gt": str(args.gt)}
-        if args.pred is not None:
-            pred = np.asarray(open_image(args.pred))
-            settings["pred"] = str(args.pred)
-            prompt_frames = None
-        else:
-            from .api.models import load_model
-            from .api.segmenter import Segmenter
-            from .evaluation.stack_prompts import prompts_from_ground_truth
+    gt = np.asarray(open_image(args.gt))
+    settings: dict = {"gt": str(args.gt)}
+    if args.pred is not None:
+        pred = np.asarray(open_image(args.pred))
+        settings["pred"] = str(args.pred)
+        prompt_frames = None
+    else:
+        from .api.models import load_model
+        from .api.segmenter import Segmenter
+        from .evaluation.stack_prompts import prompts_from_ground_truth
 
-            prompts = prompts_from_ground_truth(gt, args.click_frame)
-            common = {"device": args.device, "dtype": args.dtype}
-            interactive = load_model(args.model, weights=args.weights, role="interactive", **common)
-            propagation = load_model(args.propagation_model, weights=args.propagation_weights,
-                                     role="propagation", **common)
-            seg = Segmenter(open_image(args.image), interactive=interactive,
-                            propagation=propagation, stack_axis=0)
-            for _ in seg.propagate(prompts, "both"):
-                pass
-            pred = seg.labels_in_data_order()
-            prompt_frames = {p.obj_id: int(p.frame) for p in prompts}
-            settings.update(image=str(args.image), model=args.model,
-                            propagation_model=args.propagation_model, click_frame=args.click_frame)
-        score = evaluate_stack(pred, gt, prompt_frames)
-        out = write_stack_report(score, args.out, settings)
-        if args.image is not None:
-            write_labels_tiff(out / "pred_labels.tif", pred)
-    except KeyboardInterrupt:
-        sys.stderr.write("napari-focsam: interrupted; no report written\n")
-        return 130
-    except (ValueError, FileNotFoundError) as exc:
-        sys.stderr.write(f"napari-focsam: error: {exc}\n")
-        return 2
+        prompts = prompts_from_ground_truth(gt, args.click_frame)
+        common = {"device": args.device, "dtype": args.dtype}
+        interactive = load_model(args.model, weights=args.weights, role="interactive", **common)
+        propagation = load_model(args.propagation_model, weights=args.propagation_weights,
+                                 role="propagation", **common)
+        seg = Segmenter(open_image(args.image), interactive=interactive,
+                        propagation=propagation, stack_axis=0)
+        for _ in seg.propagate(prompts, "both"):
+            pass
+        pred = seg.labels_in_data_order()
+        prompt_frames = {p.obj_id: int(p.frame) for p in prompts}
+        settings.update(image=str(args.image), model=args.model,
+                        propagation_model=args.propagation_model, click_frame=args.click_frame)
+    score = evaluate_stack(pred, gt, prompt_frames)
+    out = write_stack_report(score, args.out, settings)
+    if args.image is not None:
+        write_labels_tiff(out / "pred_labels.tif", pred)
     sys.stdout.write(f"mean J {score.mean_j:.4f} over {len(score.objects)} objects; "
                      f"{len(score.false_positive_ids)} unmatched predictions; report in {out}\n")
-    return 0
+    return EXIT_OK

@@ -66,3 +66,14 @@ def test_errors():
     with pytest.raises(DivisionError, match=r"\(T, H, W\)"):
         divide_object(lab[0], 3, 1)
     assert isinstance(TrackTable.from_labels(lab), TrackTable)
+
+
+def test_keep_links_copies_only_links_whose_tracks_still_exist():
+    old = TrackTable(begin={1: 0, 2: 3, 3: 3, 4: 5}, end={1: 2, 2: 4, 3: 4, 4: 6},
+                     parents={2: 1, 3: 1, 4: 2})
+    lab = np.zeros((6, 4, 4), np.int32)
+    lab[:3, 0, 0], lab[3:, 1, 1], lab[3:, 2, 2] = 1, 2, 3  # track 4 is gone
+    fresh = TrackTable.from_labels(lab).keep_links(old)
+    assert fresh.parents == {2: 1, 3: 1}
+    assert TrackTable.from_labels(lab).keep_links(old, except_parent=1).parents == {}
+    assert TrackTable.from_labels(lab).keep_links(None).parents == {}

@@ -100,12 +100,8 @@ class TrackingPanel(QWidget):
 
     def _table(self, layer: Labels) -> TrackTable:
         table = layer.metadata.get(META_KEY)
-        fresh = TrackTable.from_labels(np.asarray(layer.data))
-        if isinstance(table, TrackTable):  # keep recorded divisions that still hold
-            for child, parent in table.parents.items():
-                if child in fresh.begin and parent in fresh.begin:
-                    fresh.parents[child] = parent
-        return fresh
+        recorded = table if isinstance(table, TrackTable) else None
+        return TrackTable.from_labels(np.asarray(layer.data)).keep_links(recorded)
 
     # ------------------------------------------------------------------ actions
     def update_tracks(self) -> Tracks | None:

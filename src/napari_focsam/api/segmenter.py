@@ -211,10 +211,8 @@ class Segmenter:
         loaded = self.interactive
         store = self.stores["interactive"]
         if loaded.family == "sam2":
-            outer, _ = self.source.split_index(flat) if self.source.outer_axis is not None \
-                else (0, flat)
+            outer, local = self.source.split_index(flat)  # (0, flat) without an outer axis
             view = store.view(outer)
-            local = flat if self.source.outer_axis is None else self.source.split_index(flat)[1]
             prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
             with torch.no_grad(), autocast_context(loaded.device, loaded.dtype):
                 result = self._prompt_sam2(prop, local, prompt)

@@ -117,11 +117,7 @@ def divide_object(labels: np.ndarray, parent: int, frame: int,
         to_a = mother & (dist_a <= dist_b)
         out[t][to_a] = d1
         out[t][mother & ~to_a] = d2
-    table = TrackTable.from_labels(labels) if table is None else table
-    new_table = TrackTable.from_labels(out)
-    for child, par in table.parents.items():  # keep earlier links that still hold
-        if child in new_table.begin and par in new_table.begin and par != parent:
-            new_table.parents[child] = par
+    new_table = TrackTable.from_labels(out).keep_links(table, except_parent=parent)
     new_table.divide(parent, frame, (d1, d2))
     logger.info("object %d divided into %d and %d at frame %d", parent, d1, d2, frame)
     return out, new_table, (d1, d2)

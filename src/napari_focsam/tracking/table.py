@@ -97,6 +97,19 @@ class TrackTable:
             end={k: int(v[-1]) for k, v in frames.items()},
         )
 
+    def keep_links(self, other: TrackTable | None, *, except_parent: int | None = None
+                   ) -> TrackTable:
+        """Copy `other`'s parent links whose child and parent are both tracks of this table.
+
+        Used when a table is rebuilt from edited labels: recorded divisions that still hold
+        are kept. Links to `except_parent` are not copied. Returns this table (changed).
+        """
+        if other is not None:
+            for child, parent in other.parents.items():
+                if child in self.begin and parent in self.begin and parent != except_parent:
+                    self.parents[child] = parent
+        return self
+
     @classmethod
     def from_rows(cls, rows: Iterable[Iterable[int]] | np.ndarray) -> TrackTable:
         """A table from ``(L, B, E, P)`` rows (label, begin, end, parent; P = 0: no parent).
