@@ -108,8 +108,8 @@ def _overlaps(pred: np.ndarray, gt: np.ndarray):
     g_index = {int(i): k for k, i in enumerate(g_ids)}
     for (p, g), c in zip(pairs.T, counts, strict=True):
         inter[p_index[int(p)], g_index[int(g)]] = c
-    p_size = np.array([(pred == i).sum() for i in p_ids], dtype=float)
-    g_size = np.array([(gt == i).sum() for i in g_ids], dtype=float)
+    p_size = np.bincount(pred.ravel())[p_ids].astype(float)  # one pass, not one per id
+    g_size = np.bincount(gt.ravel())[g_ids].astype(float)
     return p_ids, g_ids, inter, p_size, g_size
 
 
