@@ -3,7 +3,7 @@
 - :mod:`.clicker` -- the simulated user: the next click from the error regions,
 - :mod:`.noc` -- clicks and IoUs of one object, NoC@85/90/95, mIoU@k and failures,
 - :mod:`.datasets` -- readers of GrabCut, Berkeley, DAVIS, SBD, COD10K, MVTec AD and plain
-  image / mask folders,
+  image / mask folders (file reading and mask decoding in :mod:`.dataset_files`),
 - :mod:`.run` -- a whole run (one model, or two to compare) -> ``per_sample.csv`` and
   ``summary.json``, as a cancellable progress generator,
 - :mod:`.stack`, :mod:`.stack_prompts` -- propagation quality on label stacks (per-frame IoU,
