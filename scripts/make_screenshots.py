@@ -158,7 +158,7 @@ class StandInPropagator:
     def _result(self, frame: int, done: int, total: int):
         import torch
 
-        from napari_focsam.engine.propagation import FrameResult
+        from napari_focsam.engine.propagation_state import FrameResult
 
         ids = self.obj_ids
         logits = torch.full((len(ids), 1, *self.video_hw), -1.0)

@@ -174,7 +174,7 @@ def run_stack(args) -> int:
     ``weights``); 6 the embedding cache cannot be used (e.g. disk full, no write access);
     130 interrupted (nothing written).
     """
-    from .engine.propagation import PropagationError
+    from .engine.propagation_state import PropagationError
 
     return run_with_exit_codes(lambda: _run(args), "no output written (cached embeddings are kept)",
                                (IndexError, PropagationError))

@@ -17,7 +17,7 @@ from widget_helpers import wait_idle, wait_preview
 
 import napari_focsam.api.segmenter as segmenter_module
 from napari_focsam._qt.tracking_panel import TRACKS_NAME, TrackingPanel
-from napari_focsam.engine.propagation import FrameResult
+from napari_focsam.engine.propagation_state import FrameResult
 from napari_focsam.tracking import read_ctc_tracks
 
 pytestmark = pytest.mark.gui

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from skimage.measure import label as label_components
 
-from napari_focsam.engine.propagation import FrameResult
+from napari_focsam.engine.propagation_state import FrameResult
 
 #: Pixels brighter than this belong to an object.
 THRESHOLD = 100
@@ -121,6 +121,9 @@ class FakePropagator:
         box_rc = None if box_xyxy is None else np.asarray(box_xyxy, dtype=np.float64)[[1, 0, 3, 2]]
         self.prompts.append(("points", frame, obj_id, points_xy, box_xyxy))
         return self._set(frame, obj_id, prompt_mask(self._raw(frame), pts_rc, labels, box_rc))
+
+    def add_clicks(self, frame, obj_id, points_xy=None, labels=None, box_xyxy=None):
+        return self.add_points(frame, obj_id, points_xy, labels, box_xyxy)
 
     def add_mask(self, frame, obj_id, mask):
         assert 0 <= frame < self.num_frames

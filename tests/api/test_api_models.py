@@ -6,7 +6,8 @@ import pytest
 import torch
 from api_helpers import save_tiny_checkpoints
 
-from napari_focsam.api.models import RANDOM_WEIGHTS, ModelChoiceError, family_of, load_model
+from napari_focsam.api.models import RANDOM_WEIGHTS, load_model
+from napari_focsam.families import ModelChoiceError, family_of
 from napari_focsam.models.checkpoint import CheckpointError
 from napari_focsam.weights import WeightsNotAvailableError
 
@@ -22,7 +23,7 @@ def checkpoints(tmp_path_factory):
     ("focsam_test_tiny", "focsam"),
 ])
 def test_family_of(model_id, family):
-    assert family_of(model_id) == family
+    assert family_of(model_id).name == family
 
 
 def test_unknown_model_suggests_the_closest_id():
@@ -62,11 +63,10 @@ def test_registry_model_offline_and_not_cached(tmp_path, monkeypatch):
 def test_random_weights_are_seeded_and_not_shared():
     a = load_model("sam2_test_tiny", weights=RANDOM_WEIGHTS, device="cpu", dtype="fp32", seed=3)
     b = load_model("sam2_test_tiny", weights=RANDOM_WEIGHTS, device="cpu", dtype="fp32", seed=3)
-    assert (a.family, a.weights, a.dtype, a.device.type) == ("sam2", "random", torch.float32, "cpu")
+    assert (a.family.name, a.weights, a.dtype, a.device.type) == ("sam2", "random", torch.float32, "cpu")
     assert not a.net.training
     for (name, x), (_, y) in zip(a.net.state_dict().items(), b.net.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
-    assert a.cache_id != b.cache_id  # random weights never share cache entries by id
 
 
 def test_random_weights_leave_the_global_rng_alone():
@@ -87,8 +87,7 @@ def test_local_checkpoint_of_a_config_name(checkpoints, model_id, kind):
     assert state.keys() == saved.keys()
     for name, value in saved.items():
         assert torch.equal(state[name], value), name
-    assert loaded.weights == str(checkpoints[kind]) and loaded.family == kind
-    assert loaded.cache_id == f"{model_id}@{checkpoints[kind].name}"
+    assert loaded.weights == str(checkpoints[kind]) and loaded.family.name == kind
     assert not loaded.net.training
 
 

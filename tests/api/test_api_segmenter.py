@@ -22,10 +22,11 @@ from api_helpers import (
     object_center,
 )
 
-from napari_focsam.api.models import ModelChoiceError, load_model
+from napari_focsam.api.models import load_model
 from napari_focsam.api.prompts_file import ObjectPrompt
 from napari_focsam.api.segmenter import Progress, PromptPlacementError, Segmenter
 from napari_focsam.engine.propagation import VideoPropagator
+from napari_focsam.families import ModelChoiceError
 
 #: Prompt ids of the disc (true label 1) and of the rectangle (true label 2).
 IDS = {1: 7, 2: 3}

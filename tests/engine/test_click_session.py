@@ -97,11 +97,11 @@ def test_refinement_at_second_click_is_kept_for_the_object(focsam, monkeypatch):
     assert not session.refined and spy.refines == 0
     session.add_click(*CLICKS[1])
     assert session.refined and spy.refines == 1
-    refined = session.steps[1].embeddings
+    refined = session.steps[1].state
     assert refined.shape == focsam.features.shape
     assert not torch.equal(refined, focsam.features)
     session.add_click(*CLICKS[2])
-    assert spy.refines == 1 and session.steps[2].embeddings is refined
+    assert spy.refines == 1 and session.steps[2].state is refined
 
 
 def test_refined_embeddings_change_the_prediction(focsam):

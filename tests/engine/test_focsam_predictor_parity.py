@@ -56,7 +56,7 @@ def encoded(focsam_fixture):
 def test_focsam_predictor_parity_preprocessing(focsam_fixture):
     predictor = _predictor(focsam_fixture)
     inputs = focsam_fixture["inputs"]
-    x, input_size = predictor._model_input(np.ascontiguousarray(_rgb(focsam_fixture)))
+    x, input_size = predictor.model_input(np.ascontiguousarray(_rgb(focsam_fixture)))
     assert tuple(inputs["image_hw"]) == inputs["image"].shape[:2]
     assert input_size == tuple(inputs["resized_hw"])
     assert predictor.expected_input_size(tuple(inputs["image_hw"])) == tuple(inputs["resized_hw"])
@@ -98,7 +98,7 @@ def test_focsam_predictor_parity_click_session(encoded):
         assert reference_mask.any() and not reference_mask.all(), "degenerate fixture mask"
     refined_at = next(k for k, s in enumerate(outputs["steps"]) if s["uses_refined_embeddings"])
     assert refined_at == predictor.refine_start_step
-    _close(session.steps[refined_at].embeddings, outputs["refine"]["refined_embeddings"],
+    _close(session.steps[refined_at].state, outputs["refine"]["refined_embeddings"],
            EMBEDDING_ATOL)
 
 

@@ -17,11 +17,11 @@ import torch
 
 from napari_focsam.engine.frame_features import StackFeatures
 from napari_focsam.engine.holes import HOLE_FILL_LOGIT, fill_small_holes
-from napari_focsam.engine.propagation import (
+from napari_focsam.engine.propagation import VideoPropagator
+from napari_focsam.engine.propagation_state import (
     FrameResult,
     PropagationError,
     PropagationOptions,
-    VideoPropagator,
     apply_non_overlap,
 )
 from napari_focsam.models.sam2.config import SAM2_CONFIGS

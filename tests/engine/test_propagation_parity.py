@@ -23,7 +23,8 @@ import torch
 
 from napari_focsam.engine.frame_features import StackFeatures
 from napari_focsam.engine.holes import HOLE_FILL_LOGIT
-from napari_focsam.engine.propagation import PropagationOptions, VideoPropagator
+from napari_focsam.engine.propagation import VideoPropagator
+from napari_focsam.engine.propagation_state import PropagationOptions
 from napari_focsam.models.checkpoint import load_checked
 from napari_focsam.models.sam2.config import Sam2Config
 from napari_focsam.models.sam2.model import Sam2Model

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_focsam.engine.interactive import MaskPrediction
 from napari_focsam.engine.prompts import PromptError
-from napari_focsam.engine.sam_predictor import PredictorStateError, SamPrediction, SamPredictor
+from napari_focsam.engine.sam_predictor import PredictorStateError, SamPredictor
 from napari_focsam.engine.transforms import longest_side_shape, resize_longest_side
 
 sam = pytest.importorskip("napari_focsam.models.sam")
@@ -56,7 +57,7 @@ def test_image_state(predictor, model):
 @pytest.mark.parametrize(("multimask", "k"), [(True, 3), (False, 1)])
 def test_prediction_shapes(predictor, model, multimask, k):
     pred = predictor.predict(points=[[300, 100]], labels=[1], multimask=multimask)
-    assert isinstance(pred, SamPrediction)
+    assert isinstance(pred, MaskPrediction)
     m = model.config.mask_input_size
     assert pred.masks.shape == (k, H, W) and pred.masks.dtype == np.bool_
     assert pred.logits.shape == (k, H, W) and pred.logits.dtype == np.float32

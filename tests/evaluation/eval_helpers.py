@@ -47,19 +47,30 @@ def grabcut_folder(root: Path, n: int = 3, hw: tuple[int, int] = (64, 64)) -> di
     return objects
 
 
+class Prediction:
+    """What a click of a session returns (only ``masks`` is read)."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.masks = np.asarray(mask)[None]
+
+
 class OraclePredictor:
-    """Returns the ground truth after every click (and records the clicks)."""
+    """Returns the ground truth after every click (and records the clicks); it is its own
+    session."""
 
     def __init__(self, gt: np.ndarray) -> None:
         self.gt = gt
         self.clicks: list[tuple[int, int, bool]] = []
 
-    def start(self, image):
+    def set_image(self, image):
+        pass
+
+    def start_session(self):
         return self
 
     def add_click(self, row, col, positive):
         self.clicks.append((row, col, positive))
-        return self.gt.copy()
+        return Prediction(self.gt.copy())
 
 
 class EmptyPredictor(OraclePredictor):
@@ -67,7 +78,7 @@ class EmptyPredictor(OraclePredictor):
 
     def add_click(self, row, col, positive):
         self.clicks.append((row, col, positive))
-        return np.zeros_like(self.gt)
+        return Prediction(np.zeros_like(self.gt))
 
 
 class ScriptedPredictor:
@@ -77,11 +88,13 @@ class ScriptedPredictor:
         self.masks = masks
         self.calls = 0
 
-    def start(self, image):
+    def set_image(self, image):
         self.calls = 0
+
+    def start_session(self):
         return self
 
     def add_click(self, row, col, positive):
         mask = self.masks[min(self.calls, len(self.masks) - 1)]
         self.calls += 1
-        return mask
+        return Prediction(mask)

@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from eval_helpers import grabcut_folder
+from eval_helpers import Prediction, grabcut_folder
 
+from napari_focsam.api.models import LoadedModel
 from napari_focsam.cli_evaluate import add_evaluate_parser, run_evaluate
 from napari_focsam.evaluation import drain, run_noc
 from napari_focsam.evaluation import run as run_module
@@ -101,19 +102,21 @@ class _Oracle:
         self.objects = objects
         self.gt = None
 
-    def start(self, image):
+    def set_image(self, image):
         for gt in self.objects.values():  # find the object drawn on this image
             if image[gt].min() >= 150:
                 self.gt = gt
+
+    def start_session(self):
         return self
 
     def add_click(self, row, col, positive):
-        return self.gt
+        return Prediction(self.gt)
 
 
 def test_run_noc_with_an_oracle_and_cancellation(tmp_path, monkeypatch):
     objects = grabcut_folder(tmp_path / "data", n=3, hw=(64, 64))
-    monkeypatch.setattr(run_module, "build_predictor", lambda loaded: _Oracle(objects))
+    monkeypatch.setattr(LoadedModel, "interactive_predictor", lambda loaded: _Oracle(objects))
     progress = run_noc("sam_test_tiny", "grabcut", tmp_path / "data", weights="random",
                        device="cpu", dtype="fp32", out_dir=tmp_path / "out")
     first = next(progress)

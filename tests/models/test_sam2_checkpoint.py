@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_focsam.models.checkpoint import CheckpointError, detect_family
+from napari_focsam.families import SAM2, detect_family
+from napari_focsam.models.checkpoint import CheckpointError
 from napari_focsam.models.sam2.config import SAM2_CONFIGS, released_sam2_config
 from napari_focsam.models.sam2.loading import (
     SAM21_ONLY_KEYS,
@@ -210,5 +211,5 @@ def test_truncated_file(tmp_path):
 
 def test_family_detection_of_sam2_layouts(tiny_files):
     for _, state_dict in tiny_files.values():
-        assert detect_family({"model": state_dict}) == "sam2"
-        assert detect_family(state_dict) == "sam2"
+        assert detect_family({"model": state_dict}) is SAM2
+        assert detect_family(state_dict) is SAM2

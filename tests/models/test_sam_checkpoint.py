@@ -7,12 +7,8 @@ import pickle
 import pytest
 import torch
 
-from napari_focsam.models.checkpoint import (
-    CheckpointError,
-    check_state_dict,
-    detect_family,
-    read_checkpoint,
-)
+from napari_focsam.families import SAM, SAM2, detect_family
+from napari_focsam.models.checkpoint import CheckpointError, check_state_dict, read_checkpoint
 from napari_focsam.models.sam import SAM_CONFIGS, build_sam, infer_sam_config, load_sam
 
 TINY = SAM_CONFIGS["sam_test_tiny"]
@@ -99,10 +95,10 @@ def test_focsam_checkpoint_is_named_as_such(tmp_path):
 
 
 def test_family_detection(sam1_fixture):
-    assert detect_family(sam1_fixture["state_dict"]) == "sam1"
-    assert detect_family({"model": {"image_encoder.trunk.x": torch.zeros(1)}}) == "sam2"
-    assert detect_family({"foo": torch.zeros(1)}) == "unknown"
-    assert detect_family([1, 2]) == "unknown"
+    assert detect_family(sam1_fixture["state_dict"]) is SAM
+    assert detect_family({"model": {"image_encoder.trunk.x": torch.zeros(1)}}) is SAM2
+    assert detect_family({"foo": torch.zeros(1)}) is None
+    assert detect_family([1, 2]) is None
 
 
 def test_shape_mismatch_names_keys_and_shapes(sam1_fixture, tmp_path):

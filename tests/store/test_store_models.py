@@ -10,14 +10,14 @@ from store_helpers import make_stack
 
 from napari_focsam.engine.focsam_predictor import FocSamPredictor
 from napari_focsam.engine.frame_features import StackFeatures
-from napari_focsam.engine.propagation import PropagationOptions, VideoPropagator
+from napari_focsam.engine.propagation import VideoPropagator
+from napari_focsam.engine.propagation_state import PropagationOptions
 from napari_focsam.engine.sam_predictor import SamPredictor
 from napari_focsam.models.focsam import FOCSAM_CONFIGS, build_focsam
 from napari_focsam.models.sam import SAM_CONFIGS, build_sam
 from napari_focsam.models.sam2 import SAM2_CONFIGS, Sam2FrameFeatures, build_sam2
 from napari_focsam.store import (
     EmbeddingStore,
-    FocSamEncoder,
     Sam2Encoder,
     SamEncoder,
     StackSource,
@@ -60,13 +60,14 @@ def test_sam_store_equals_set_image(kind, sam, tmp_path):
         torch.manual_seed(1)
         predictor = FocSamPredictor(build_focsam(FOCSAM_CONFIGS["focsam_test_tiny"]), device="cpu",
                                     encoder_dtype="fp32")
-    encoder = SamEncoder.from_predictor(predictor)
-    assert isinstance(encoder, FocSamEncoder) == (kind == "focsam")
+    encoder = SamEncoder(predictor)
+    assert encoder.preprocess_version == ("focsam-bgr-pad32-v1" if kind == "focsam"
+                                          else "sam-longest-side-v1")
     stack = _stack()
     src = StackSource(stack, stack_axis=0)
     store = EmbeddingStore(src, encoder, cache_root=tmp_path)
     list(store.compute())
-    reopened = EmbeddingStore(src, SamEncoder.from_predictor(predictor), cache_root=tmp_path)
+    reopened = EmbeddingStore(src, SamEncoder(predictor), cache_root=tmp_path)
     feats = reopened[1]  # from disk
     assert reopened.encoder_calls == 0
 
@@ -75,9 +76,9 @@ def test_sam_store_equals_set_image(kind, sam, tmp_path):
     direct = predictor.features.clone()
     points = np.array([[8.0, 20.0]])
     ref = predictor.predict(points, np.array([1]))
-    predictor.set_features(**feats)
+    predictor.set_frame(feats, HW)
     assert torch.equal(predictor.features, direct)
-    assert predictor.input_size == feats["input_size"] and predictor.original_size == HW
+    assert predictor.input_size == predictor.expected_input_size(HW) and predictor.original_size == HW
     got = predictor.predict(points, np.array([1]))
     np.testing.assert_array_equal(got.logits, ref.logits)
     np.testing.assert_array_equal(got.masks, ref.masks)
@@ -88,12 +89,12 @@ def test_sam_2d_image_and_batching(sam, tmp_path):
     the raw image; a batch of frames matches one-by-one encoding."""
     predictor = SamPredictor(sam, device="cpu", encoder_dtype="fp32")
     image = _stack(1)[0]
-    store = EmbeddingStore(StackSource(image, stack_axis=None), SamEncoder.from_predictor(predictor),
+    store = EmbeddingStore(StackSource(image, stack_axis=None), SamEncoder(predictor),
                            cache_root=False)
     predictor.set_image(image)
-    assert torch.equal(store[0]["features"], predictor.features)
+    assert torch.equal(store[0], predictor.features)
 
-    encoder = SamEncoder(sam, device="cpu", encoder_dtype="fp32")
+    encoder = SamEncoder(SamPredictor(sam, device="cpu", encoder_dtype="fp32"))
     src = StackSource(_stack(3), stack_axis=0)
     batched = encoder.encode([src[i] for i in range(3)])
     for i in range(3):
@@ -108,11 +109,14 @@ def test_model_ids():
     torch.manual_seed(1)
     b = build_sam(SAM_CONFIGS["sam_test_tiny"])
     assert model_fingerprint(a) == model_fingerprint(a) != model_fingerprint(b)
-    ea = SamEncoder(a, device="cpu", encoder_dtype="fp32")
-    assert ea.model_id.startswith("sam:sam_test_tiny:") and ea.model_id.endswith("@fp32")
-    assert ea.model_id != SamEncoder(b, device="cpu", encoder_dtype="fp32").model_id
-    assert ea.model_id != SamEncoder(a, device="cpu", encoder_dtype="bf16").model_id
-    assert SamEncoder(a, device="cpu", encoder_dtype="fp32", model_id="x").model_id == "x@fp32"
+    def encoder(model, dtype="fp32", **kwargs):
+        return SamEncoder(SamPredictor(model, device="cpu", encoder_dtype=dtype), **kwargs)
+
+    ea = encoder(a)
+    assert ea.model_id.startswith("sam_test_tiny:") and ea.model_id.endswith("@fp32")
+    assert ea.model_id != encoder(b).model_id
+    assert ea.model_id != encoder(a, "bf16").model_id
+    assert encoder(a, model_id="x").model_id == "x@fp32"
 
 
 # ---------------------------------------------------------------------- SAM 2

@@ -324,5 +324,5 @@ def test_deep_verify_checks_the_model_family(tmp_path, monkeypatch, specs):
     verify_weights("test_deep_sam", tmp_path / "sam1.pth", deep=True)
     verify_weights("test_deep_sam2", tmp_path / "sam2.pt", deep=True)
     verify_weights("test_deep_sam", tmp_path / "sam2.pt")  # shallow: no family check
-    with pytest.raises(WeightsVerificationError, match=r"not a sam1 checkpoint .*layout is: sam2"):
+    with pytest.raises(WeightsVerificationError, match=r"is a SAM 2 checkpoint.*expected a SAM 1"):
         verify_weights("test_deep_sam", tmp_path / "sam2.pt", deep=True)

@@ -10,11 +10,10 @@ import sys
 
 import pytest
 
+from napari_focsam.families import FAMILIES, ModelChoiceError
 from napari_focsam.weights import (
-    FAMILIES,
     WEIGHTS,
     UnknownModelError,
-    WeightsError,
     WeightSpec,
     download_url,
     get_spec,
@@ -46,14 +45,9 @@ def test_published_hashes_are_sha256_hex():
 
 
 def test_configs_exist_in_the_model_code():
-    from napari_focsam.models.focsam.config import FOCSAM_CONFIGS
-    from napari_focsam.models.sam.config import SAM_CONFIGS
-    from napari_focsam.models.sam2.config import SAM2_CONFIGS
-
-    configs = {"sam": SAM_CONFIGS, "sam2": SAM2_CONFIGS, "focsam": FOCSAM_CONFIGS}
     for spec in WEIGHTS.values():
         assert spec.family in FAMILIES
-        assert spec.config in configs[spec.family], spec.id
+        assert spec.config in FAMILIES[spec.family].configs, spec.id
 
 
 def test_urls_and_file_names():
@@ -85,7 +79,7 @@ def test_unknown_model_suggests_a_close_id():
     with pytest.raises(UnknownModelError) as info:
         get_spec("sam_vit_bb")
     err = info.value
-    assert isinstance(err, ValueError) and isinstance(err, WeightsError)
+    assert isinstance(err, ValueError) and isinstance(err, ModelChoiceError)
     assert err.suggestion == "sam_vit_b"
     assert "Did you mean 'sam_vit_b'?" in str(err)
     assert "sam2.1_hiera_tiny" in str(err) and "focsam_vit_h" in str(err)

@@ -65,8 +65,8 @@ _USER_ERRORS: tuple[type[BaseException], ...] = ()
 def _user_errors() -> tuple[type[BaseException], ...]:
     global _USER_ERRORS
     if not _USER_ERRORS:
-        from ..api.models import ModelChoiceError
         from ..api.segmenter import PromptPlacementError
+        from ..families import ModelChoiceError
         from ..models.checkpoint import CheckpointError
         from ..store import StackError
         from ..weights import WeightsError

@@ -8,8 +8,9 @@
 - :mod:`.io` -- lazy reading of image files, atomic label writing.
 """
 
+from ..families import ModelChoiceError
 from .io import InputError, open_image, write_labels_tiff
-from .models import RANDOM_WEIGHTS, LoadedModel, ModelChoiceError, family_of, load_model
+from .models import RANDOM_WEIGHTS, LoadedModel, load_model
 from .prompts_file import ObjectPrompt, PromptsFileError, group_prompts, read_prompts
 from .segmenter import Progress, PromptPlacementError, Segmenter
 
@@ -23,7 +24,6 @@ __all__ = [
     "PromptPlacementError",
     "PromptsFileError",
     "Segmenter",
-    "family_of",
     "group_prompts",
     "load_model",
     "open_image",

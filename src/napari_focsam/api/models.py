@@ -16,21 +16,14 @@ import torch
 from torch import nn
 
 from ..engine.precision import resolve_device, resolve_encoder_dtype
+from ..families import ModelChoiceError, ModelFamily, Role, config_of, family_of
 
-__all__ = ["RANDOM_WEIGHTS", "LoadedModel", "ModelChoiceError", "family_of", "load_model"]
+__all__ = ["RANDOM_WEIGHTS", "LoadedModel", "load_model"]
 
 logger = logging.getLogger(__name__)
 
 #: Pass as `weights` to build a model with random weights (no checkpoint).
 RANDOM_WEIGHTS = "random"
-
-#: Families that can draw an object on one image from prompts / that can propagate.
-INTERACTIVE_FAMILIES = ("sam", "focsam", "sam2")
-PROPAGATION_FAMILIES = ("sam2",)
-
-
-class ModelChoiceError(ValueError):
-    """Unknown model id, or a model that cannot play the requested role."""
 
 
 @dataclass
@@ -41,8 +34,8 @@ class LoadedModel:
     ----------
     model_id : str
         Registry id or config name it was loaded as.
-    family : str
-        ``"sam"``, ``"focsam"`` or ``"sam2"``.
+    family : ModelFamily
+        Its family (which predictor and stack encoder serve it).
     net : nn.Module
         The model, in eval mode on `device`.
     device : torch.device
@@ -53,81 +46,23 @@ class LoadedModel:
     """
 
     model_id: str
-    family: str
+    family: ModelFamily
     net: nn.Module
     device: torch.device
     dtype: torch.dtype
     weights: str
 
-    @property
-    def cache_id(self) -> str:
-        """Identifies the weights in embedding-cache keys (random weights are never shared)."""
-        if self.weights == RANDOM_WEIGHTS:
-            return f"{self.model_id}@random-{id(self.net):x}"
-        return f"{self.model_id}@{Path(self.weights).name}"
+    def can(self, role: Role | str) -> bool:
+        """Whether this model can play `role`."""
+        return self.family.can(role)
 
+    def interactive_predictor(self):
+        """A new engine predictor drawing objects with this model (``engine.interactive``)."""
+        return self.family.interactive_predictor(self.net, self.device, self.dtype)
 
-def _configs() -> dict[str, tuple[str, object]]:
-    from ..models.focsam.config import FOCSAM_CONFIGS
-    from ..models.sam.config import SAM_CONFIGS
-    from ..models.sam2.config import SAM2_CONFIGS
-
-    table: dict[str, tuple[str, object]] = {}
-    for family, configs in (("sam", SAM_CONFIGS), ("focsam", FOCSAM_CONFIGS), ("sam2", SAM2_CONFIGS)):
-        for name, cfg in configs.items():
-            table[name] = (family, cfg)
-    return table
-
-
-def family_of(model_id: str) -> str:
-    """The family of a registry id or config name.
-
-    Raises
-    ------
-    ModelChoiceError
-        Neither a registry id nor a config name.
-    """
-    from ..weights import WEIGHTS
-
-    if model_id in WEIGHTS:
-        return WEIGHTS[model_id].family
-    table = _configs()
-    if model_id in table:
-        return table[model_id][0]
-    import difflib
-
-    known = sorted(set(WEIGHTS) | set(table))
-    close = difflib.get_close_matches(model_id, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise ModelChoiceError(f"unknown model {model_id!r}.{hint} Known models: {', '.join(known)}")
-
-
-def _build_random(family: str, config) -> nn.Module:
-    if family == "sam":
-        from ..models.sam.model import build_sam
-
-        return build_sam(config)
-    if family == "focsam":
-        from ..models.focsam.model import build_focsam
-
-        return build_focsam(config)
-    from ..models.sam2.model import build_sam2
-
-    return build_sam2(config)
-
-
-def _load_file(family: str, path: Path, config, device: torch.device) -> nn.Module:
-    if family == "sam":
-        from ..models.sam.loading import load_sam
-
-        return load_sam(path, config, device=device)
-    if family == "focsam":
-        from ..models.focsam.loading import load_focsam
-
-        return load_focsam(path, config, device=device)
-    from ..models.sam2.loading import load_sam2
-
-    return load_sam2(path, config, device=device)
+    def stack_encoder(self):
+        """A new embedding-store encoder adapter of this model (``store``)."""
+        return self.family.stack_encoder(self.net, self.device, self.dtype)
 
 
 def load_model(
@@ -136,7 +71,7 @@ def load_model(
     weights: str | Path | None = None,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype = "auto",
-    role: str | None = None,
+    role: Role | str | None = None,
     offline: bool | None = None,
     cache_dir: str | Path | None = None,
     progress=None,
@@ -168,7 +103,7 @@ def load_model(
 
     Raises
     ------
-    ModelChoiceError
+    napari_focsam.families.ModelChoiceError
         Unknown id, wrong role, or a config name without weights.
     napari_focsam.weights.WeightsError
         The checkpoint cannot be fetched or verified.
@@ -178,22 +113,24 @@ def load_model(
     from ..weights import WEIGHTS, resolve_weights
 
     family = family_of(model_id)
-    allowed = {"interactive": INTERACTIVE_FAMILIES, "propagation": PROPAGATION_FAMILIES}
     if role is not None:
-        if role not in allowed:
-            raise ModelChoiceError(f"role must be 'interactive' or 'propagation', got {role!r}")
-        if family not in allowed[role]:
-            raise ModelChoiceError(f"{model_id!r} ({family}) cannot be the {role} model; choose a "
-                                   f"{' or '.join(allowed[role])} model")
+        try:
+            role = Role(role)
+        except ValueError:
+            raise ModelChoiceError(f"role must be 'interactive' or 'propagation', got {role!r}") \
+                from None
+        if not family.can(role):
+            able = " or ".join(f.title for f in _families_for(role))
+            raise ModelChoiceError(f"{model_id!r} ({family.name}) cannot be the {role.value} "
+                                   f"model; choose a {able} model")
     spec = WEIGHTS.get(model_id)
-    config_name = spec.config if spec is not None else model_id
-    config = _configs()[config_name][1]
+    config = config_of(model_id)
     dev = resolve_device(device)
     precision = resolve_encoder_dtype(dev, dtype)
     if isinstance(weights, str) and weights == RANDOM_WEIGHTS:
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(seed)
-            net = _build_random(family, config)
+            net = family.build(config)
         net = net.to(dev)
         source = RANDOM_WEIGHTS
         logger.warning("%s: random weights (no checkpoint): masks are meaningless", model_id)
@@ -209,8 +146,14 @@ def load_model(
             path = Path(weights)
             if not path.is_file():
                 raise FileNotFoundError(f"checkpoint {path} does not exist")
-        net = _load_file(family, Path(path), config, dev)
+        net = family.load(Path(path), config, device=dev)
         source = str(path)
     net.eval()
-    logger.info("loaded %s (%s) from %s on %s, %s", model_id, family, source, dev, precision)
+    logger.info("loaded %s (%s) from %s on %s, %s", model_id, family.name, source, dev, precision)
     return LoadedModel(model_id, family, net, dev, precision, source)
+
+
+def _families_for(role: Role) -> list[ModelFamily]:
+    from ..families import FAMILIES
+
+    return [f for f in FAMILIES.values() if f.can(role)]

@@ -1,9 +1,10 @@
 """Headless segmentation of an image or a z / t stack: what the widgets and the CLI call.
 
 `Segmenter` holds one image or stack (a `StackSource`), an *interactive* model (SAM, FocSAM or
-SAM 2) that draws objects from prompts on a frame, and for stacks a *propagation* model
-(SAM 2) that carries every object through the stack. Encoder features come from embedding
-stores (RAM + disk cache), so each frame is encoded once per model, ever.
+SAM 2) that draws objects from prompts on a frame through its engine predictor
+(`napari_focsam.engine.interactive`), and for stacks a *propagation* model (SAM 2) that
+carries every object through the stack. Encoder features come from embedding stores (RAM +
+disk cache), so each frame is encoded once per model, ever.
 
 Labels are ``(n_frames, H, W)`` int32 internally (frames flat, outer-major for 4D data) and
 are returned in the data's axis order (the data's axes without the channel axis) by
@@ -21,9 +22,13 @@ import numpy as np
 import torch
 
 from ..engine.precision import autocast_context
-from ..engine.propagation import PropagationOptions, VideoPropagator
+from ..engine.propagation import VideoPropagator
+from ..engine.propagation_state import PropagationOptions
+from ..engine.session import ClickSession
+from ..errors import UserError
+from ..families import ModelChoiceError, Role
 from ..store import EmbeddingStore, StackSource
-from .models import LoadedModel, ModelChoiceError
+from .models import LoadedModel
 from .prompts_file import ObjectPrompt
 
 __all__ = ["Progress", "PromptPlacementError", "Segmenter"]
@@ -33,7 +38,7 @@ logger = logging.getLogger(__name__)
 DIRECTIONS = ("both", "forward", "backward")
 
 
-class PromptPlacementError(ValueError):
+class PromptPlacementError(UserError, ValueError):
     """A prompt outside the image, on a frame that does not exist, or otherwise unusable."""
 
 
@@ -55,13 +60,6 @@ class Progress:
     done: int
     total: int
     frame: int | None = None
-
-
-def _encoder(loaded: LoadedModel):
-    from ..store import FocSamEncoder, Sam2Encoder, SamEncoder
-
-    klass = {"sam": SamEncoder, "focsam": FocSamEncoder, "sam2": Sam2Encoder}[loaded.family]
-    return klass(loaded.net, device=loaded.device, encoder_dtype=loaded.dtype)
 
 
 class Segmenter:
@@ -91,9 +89,12 @@ class Segmenter:
                  stack_axis: int | None = None, channel_axis: int | None = None,
                  outer_axis: int | None = None, cache_root=None, ram_bytes: int = 1 << 30,
                  disk_dtype: str = "float32", options: PropagationOptions | None = None) -> None:
-        if propagation is not None and propagation.family != "sam2":
+        if not interactive.can(Role.INTERACTIVE):
+            raise ModelChoiceError(f"{interactive.model_id!r} ({interactive.family.title}) cannot "
+                                   "be the interactive model")
+        if propagation is not None and not propagation.can(Role.PROPAGATION):
             raise ModelChoiceError(f"the propagation model must be SAM 2, got {propagation.model_id!r} "
-                                   f"({propagation.family})")
+                                   f"({propagation.family.title})")
         self.source = StackSource(data, stack_axis=stack_axis, channel_axis=channel_axis,
                                   outer_axis=outer_axis)
         self.interactive = interactive
@@ -101,15 +102,17 @@ class Segmenter:
         self.options = options or PropagationOptions()
         store_kw = {"cache_root": cache_root, "ram_bytes": ram_bytes, "disk_dtype": disk_dtype}
         self.stores: dict[str, EmbeddingStore] = {
-            "interactive": EmbeddingStore(self.source, _encoder(interactive), **store_kw)}
+            "interactive": EmbeddingStore(self.source, interactive.stack_encoder(), **store_kw)}
         if propagation is not None:
             self.stores["propagation"] = (self.stores["interactive"] if propagation is interactive
-                                          else EmbeddingStore(self.source, _encoder(propagation),
+                                          else EmbeddingStore(self.source, propagation.stack_encoder(),
                                                               **store_kw))
         h, w = self.source.frame_shape
         self.labels = np.zeros((len(self.source), h, w), dtype=np.int32)
-        #: SAM / FocSAM click sessions by object id, valid for `_predictor_frame` only.
-        self._sessions: dict[int, tuple[tuple | None, object]] = {}
+        #: The interactive model's engine predictor (its frame: `_predictor_frame`).
+        self.predictor = interactive.interactive_predictor()
+        #: Click sessions by object id (with their box), valid for `_predictor_frame` only.
+        self._sessions: dict[int, tuple[tuple | None, ClickSession]] = {}
         self._predictor_frame: int | None = None
 
     # ------------------------------------------------------------------ geometry
@@ -206,43 +209,33 @@ class Segmenter:
     def _mask_from_interactive(self, prompt: ObjectPrompt, flat: int) -> np.ndarray:
         """``(H, W)`` bool: the object drawn by the interactive model on frame `flat` (a mask
         prompt without points or box is the object itself)."""
-        if prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None:
+        if _mask_only(prompt):
             return np.asarray(prompt.mask).astype(bool, copy=True)
-        loaded = self.interactive
-        store = self.stores["interactive"]
-        if loaded.family == "sam2":
-            outer, local = self.source.split_index(flat)  # (0, flat) without an outer axis
-            view = store.view(outer)
-            prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
-            with torch.no_grad(), autocast_context(loaded.device, loaded.dtype):
-                result = self._prompt_sam2(prop, local, prompt)
-            return result.masks()[0]
-        predictor = store.encoder.predictor
+        predictor = self.predictor
+        if self._predictor_frame != flat:
+            predictor.set_frame(self.stores["interactive"].features(flat), self.source.frame_shape)
+            self._predictor_frame = flat
+            self._sessions.clear()  # sessions on another frame are stale
         box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
-        with torch.no_grad():
-            if self._predictor_frame != flat:
-                predictor.set_features(**store.features(flat))
-                self._predictor_frame = flat
-                self._sessions.clear()  # sessions on another frame are stale
-            if len(prompt.points_rc) == 0:
-                self._sessions.pop(prompt.obj_id, None)
-                return predictor.predict(box=box, multimask=False).masks[0]
-            box_key = None if box is None else tuple(box.tolist())
-            cached = self._sessions.get(prompt.obj_id)
-            if cached is None or cached[0] != box_key:
-                cached = self._sessions[prompt.obj_id] = (box_key, predictor.start_session(box=box))
-            session = cached[1]
-            session.set_clicks(np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2),
-                               np.asarray(prompt.labels).reshape(-1))
-            return session.mask
+        if len(prompt.points_rc) == 0:
+            self._sessions.pop(prompt.obj_id, None)
+            return predictor.predict(box=box, multimask=False).masks[0]
+        box_key = None if box is None else tuple(box.tolist())
+        cached = self._sessions.get(prompt.obj_id)
+        if cached is None or cached[0] != box_key:
+            cached = self._sessions[prompt.obj_id] = (box_key, predictor.start_session(box=box))
+        session = cached[1]
+        session.set_clicks(np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2),
+                           np.asarray(prompt.labels).reshape(-1))
+        return session.mask
 
     def draw_object(self, prompt: ObjectPrompt) -> np.ndarray:
         """One object's mask on its frame, from its prompts (the live preview of a widget).
 
-        With SAM / FocSAM the object's click session is kept between calls on the same frame:
-        a call whose clicks extend (or edit the end of) the previous call's recomputes only the
-        changed clicks, so FocSAM refines once, from the second click on. Nothing is written
-        to `labels`.
+        The object's click session is kept between calls on the same frame: a call whose clicks
+        extend (or edit the end of) the previous call's recomputes only the changed clicks, so
+        FocSAM refines once, from the second click on, and SAM 2 gets its interactive protocol
+        (each click with the previous step's logits). Nothing is written to `labels`.
 
         Returns
         -------
@@ -251,13 +244,6 @@ class Segmenter:
         """
         self.check_prompt(prompt)
         return self._mask_from_interactive(prompt, self.flat_frame(prompt.frame, prompt.outer))
-
-    @staticmethod
-    def _prompt_sam2(prop: VideoPropagator, local: int, prompt: ObjectPrompt):
-        pts = np.ascontiguousarray(np.asarray(prompt.points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1])
-        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, np.float32)[[1, 0, 3, 2]]
-        return prop.add_points(local, prompt.obj_id, pts if len(pts) else None,
-                               prompt.labels if len(pts) else None, box)
 
     def segment_frame(self, prompts: list[ObjectPrompt], frame: int | None = None,
                       outer: int | None = None) -> np.ndarray:
@@ -287,10 +273,11 @@ class Segmenter:
                   cancel_event: threading.Event | None = None) -> Iterator[Progress]:
         """Carry every prompted object through its stack, writing `labels` frame by frame.
 
-        Prompts enter SAM 2 directly when SAM 2 is also the interactive model; otherwise each
-        object is drawn by the interactive model on its prompted frame(s) and enters SAM 2 as
-        a mask prompt. Frames are written to `labels` as they are done; stopping the generator
-        or setting `cancel_event` keeps them (labels of frames not reached are unchanged).
+        Prompts enter SAM 2 directly when SAM 2 is also the interactive model (clicks one at a
+        time, as in `draw_object`); otherwise each object is drawn by the interactive model on
+        its prompted frame(s) and enters SAM 2 as a mask prompt. Frames are written to `labels`
+        as they are done; stopping the generator or setting `cancel_event` keeps them (labels
+        of frames not reached are unchanged).
 
         The arguments are checked at once (the errors below are raised by this call, before
         any iteration); the work happens as the returned iterator is consumed.
@@ -342,9 +329,11 @@ class Segmenter:
             prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
             ordered = sorted(group, key=lambda p: (p.frame, p.obj_id))
             for p in ordered:
-                mask_only = p.mask is not None and len(p.points_rc) == 0 and p.box_rc is None
-                if direct and not mask_only:
-                    step(self._prompt_sam2, prop, int(p.frame), p)
+                if direct and not _mask_only(p):
+                    pts = np.asarray(p.points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1]
+                    box = None if p.box_rc is None else np.asarray(p.box_rc, np.float32)[[1, 0, 3, 2]]
+                    step(prop.add_clicks, int(p.frame), p.obj_id, pts if len(pts) else None,
+                         p.labels if len(pts) else None, box)
                 else:
                     mask = self._mask_from_interactive(p, self.flat_frame(p.frame, outer))
                     step(prop.add_mask, int(p.frame), p.obj_id, mask)
@@ -398,6 +387,11 @@ class Segmenter:
             current = [src.stack_axis, *spatial]
         order = sorted(current)
         return np.moveaxis(arr, list(range(len(current))), [order.index(a) for a in current])
+
+
+def _mask_only(prompt: ObjectPrompt) -> bool:
+    """Whether `prompt` is a mask prompt alone (the object itself)."""
+    return prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None
 
 
 def _compose(masks: np.ndarray, obj_ids: tuple[int, ...]) -> np.ndarray:

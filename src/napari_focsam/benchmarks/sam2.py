@@ -28,7 +28,8 @@ import torch
 
 from ..engine.frame_features import StackFeatures
 from ..engine.precision import autocast_context, resolve_device, resolve_encoder_dtype
-from ..engine.propagation import PropagationOptions, VideoPropagator
+from ..engine.propagation import VideoPropagator
+from ..engine.propagation_state import PropagationOptions
 from ..models.sam2.config import SAM2_CONFIGS, Sam2Config
 from ..models.sam2.model import Sam2Model, build_sam2
 from .timing import machine_info, peak_rss_mib

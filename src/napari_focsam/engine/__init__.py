@@ -4,13 +4,18 @@
 - :mod:`.transforms` -- longest-side resizing and napari (row, col) to model (x, y) mapping,
 - :mod:`.prompts` -- validation of points, labels, boxes and mask inputs,
 - :mod:`.precision` -- device choice and encoder precision (bf16 where the CPU has it),
+- :mod:`.interactive` -- the interactive predictor protocol and its predictions,
 - :mod:`.sam_predictor` -- the interactive SAM predictor,
 - :mod:`.focsam_predictor` -- the FocSAM predictor (SAM's API plus per-object refinement),
-- :mod:`.session` -- click sessions: one object's clicks, undo and edits.
+- :mod:`.sam2_image_predictor` -- SAM 2 in image mode (its interactive protocol on one frame),
+- :mod:`.session` -- click sessions: one object's clicks, undo and edits,
+- :mod:`.frame_features`, :mod:`.propagation`, :mod:`.propagation_state`, :mod:`.holes` --
+  SAM 2 propagation through a stack.
 """
 
 from .focsam_predictor import FocSamPredictor
 from .image import ImageError, to_rgb_uint8
+from .interactive import InteractivePredictor, MaskPrediction
 from .precision import (
     DeviceError,
     DtypeError,
@@ -21,7 +26,8 @@ from .precision import (
     resolve_encoder_dtype,
 )
 from .prompts import PromptError, Prompts, validate_prompts
-from .sam_predictor import PredictorStateError, SamPrediction, SamPredictor
+from .sam2_image_predictor import Sam2ImagePredictor
+from .sam_predictor import PredictorStateError, SamPredictor
 from .session import Click, ClickSession, SessionStep, StaleSessionError
 from .transforms import (
     box_rc_to_model_xyxy,
@@ -34,17 +40,19 @@ from .transforms import (
 __all__ = [
     "Click",
     "ClickSession",
-    "FocSamPredictor",
-    "SessionStep",
-    "StaleSessionError",
     "DeviceError",
     "DtypeError",
+    "FocSamPredictor",
     "ImageError",
+    "InteractivePredictor",
+    "MaskPrediction",
     "PredictorStateError",
     "PromptError",
     "Prompts",
-    "SamPrediction",
+    "Sam2ImagePredictor",
     "SamPredictor",
+    "SessionStep",
+    "StaleSessionError",
     "autocast_context",
     "box_rc_to_model_xyxy",
     "cpu_has_native_bf16",

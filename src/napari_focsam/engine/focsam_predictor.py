@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .interactive import MaskPrediction
 from .precision import autocast_context, resolve_encoder_dtype
 from .prompts import Prompts
-from .sam_predictor import SamPrediction, SamPredictor
+from .sam_predictor import SamPredictor
 from .transforms import longest_side_shape
 
 __all__ = ["FocSamPredictor", "SIZE_DIVISOR"]
@@ -61,6 +62,8 @@ class FocSamPredictor(SamPredictor):
         Click index (0-based) at which a session refines; None takes the model config's
         (official: 1, the second click); a negative value never refines.
     """
+
+    preprocess_version = "focsam-bgr-pad32-v1"
 
     def __init__(
         self,
@@ -100,7 +103,7 @@ class FocSamPredictor(SamPredictor):
         return padded_shape(*self._original_size)
 
     # ------------------------------------------------------------------ model frame
-    def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    def model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(H, W, 3)`` uint8 RGB -> ``(1, 3, S, S)`` model input and ``(h, w)`` inside it."""
         size = self.image_size
         h0, w0 = rgb.shape[:2]
@@ -175,7 +178,7 @@ class FocSamPredictor(SamPredictor):
         prompts: Prompts,
         step: int,
         embeddings: torch.Tensor | None,
-    ) -> tuple[SamPrediction, torch.Tensor | None]:
+    ) -> tuple[MaskPrediction, torch.Tensor | None]:
         """One click of FocSAM's protocol: refine at `refine_start_step`, then decode.
 
         Parameters
@@ -189,7 +192,7 @@ class FocSamPredictor(SamPredictor):
 
         Returns
         -------
-        prediction : SamPrediction
+        prediction : MaskPrediction
             Single mask.
         embeddings : torch.Tensor or None
             Embeddings for the object's next steps.

@@ -11,7 +11,10 @@ import logging
 
 import numpy as np
 
-__all__ = ["MAX_CHANNELS", "ImageError", "to_rgb_uint8"]
+from ..errors import UserError
+
+__all__ = ["MAX_CHANNELS", "ImageError", "check_image_dtype", "check_percentiles", "contrast_work_dtype",
+           "scale_to_uint8", "to_rgb_uint8"]
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ MAX_CHANNELS = 16
 _ACCEPTED_KINDS = {"b": "bool", "u": "unsigned int", "i": "int", "f": "float"}
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """The image cannot be converted to an RGB encoder input."""
 
 
@@ -64,8 +67,8 @@ def to_rgb_uint8(
         its channel axis is invalid or longer than `MAX_CHANNELS`.
     """
     image = np.asarray(image)
-    _check_dtype(image.dtype)
-    lo_pct, hi_pct = _check_percentiles(percentiles)
+    check_image_dtype(image.dtype)
+    lo_pct, hi_pct = check_percentiles(percentiles)
     hwc = _to_hwc(image, channel_axis)  # (H, W, C), a view when possible
     height, width, n_channels = hwc.shape
     if height < 2 or width < 2:
@@ -96,7 +99,8 @@ def to_rgb_uint8(
     return np.stack(planes, axis=-1)
 
 
-def _check_dtype(dtype: np.dtype) -> None:
+def check_image_dtype(dtype: np.dtype) -> None:
+    """Raise `ImageError` unless `dtype` holds pixels (bool, integer or real float)."""
     if dtype.kind not in _ACCEPTED_KINDS:
         raise ImageError(
             f"cannot segment an image of dtype {dtype}; expected bool, integer or real float "
@@ -104,7 +108,8 @@ def _check_dtype(dtype: np.dtype) -> None:
         )
 
 
-def _check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
+def check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` as floats with ``0 <= low < high <= 100``, else `ImageError`."""
     try:
         lo, hi = (float(p) for p in percentiles)
     except (TypeError, ValueError) as err:
@@ -148,19 +153,31 @@ def _to_hwc(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
     return hwc
 
 
-def _stretch_to_uint8(channel: np.ndarray, lo_pct: float, hi_pct: float) -> np.ndarray:
-    """Contrast-stretch one ``(H, W)`` channel to uint8 between robust percentiles."""
-    work_dtype = np.float64 if channel.dtype in (np.float64, np.int64, np.uint64) else np.float32
+def contrast_work_dtype(dtype: np.dtype) -> type:
+    """Float type of the contrast arithmetic for pixels of `dtype`."""
+    return np.float64 if dtype in (np.float64, np.int64, np.uint64) else np.float32
+
+
+def scale_to_uint8(channel: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map one channel linearly to uint8: `lo` to 0 and `hi` to 255 (``hi > lo``).
+
+    Parameters
+    ----------
+    channel : np.ndarray
+        ``(H, W)`` integer or float values.
+    lo, hi : float
+        The limits.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` uint8, clipped and rounded; NaN / inf pixels become 0.
+    """
+    work_dtype = contrast_work_dtype(channel.dtype)
     values = channel.astype(work_dtype, copy=False)
     finite = np.isfinite(values)
     out = np.zeros(channel.shape, dtype=np.uint8)
     if not finite.any():
-        return out
-    finite_values = values[finite]
-    lo, hi = (float(v) for v in np.percentile(finite_values, [lo_pct, hi_pct]))
-    if not hi > lo:  # sparse channel: fall back to the full range
-        lo, hi = float(finite_values.min()), float(finite_values.max())
-    if not hi > lo:  # constant channel
         return out
     with np.errstate(over="ignore", invalid="ignore"):
         scale = 255.0 / (hi - lo)
@@ -170,3 +187,17 @@ def _stretch_to_uint8(channel: np.ndarray, lo_pct: float, hi_pct: float) -> np.n
     np.rint(scaled, out=scaled)
     out[...] = scaled
     return out
+
+
+def _stretch_to_uint8(channel: np.ndarray, lo_pct: float, hi_pct: float) -> np.ndarray:
+    """Contrast-stretch one ``(H, W)`` channel to uint8 between robust percentiles."""
+    values = channel.astype(contrast_work_dtype(channel.dtype), copy=False)
+    finite_values = values[np.isfinite(values)]
+    if finite_values.size == 0:
+        return np.zeros(channel.shape, dtype=np.uint8)
+    lo, hi = (float(v) for v in np.percentile(finite_values, [lo_pct, hi_pct]))
+    if not hi > lo:  # sparse channel: fall back to the full range
+        lo, hi = float(finite_values.min()), float(finite_values.max())
+    if not hi > lo:  # constant channel
+        return np.zeros(channel.shape, dtype=np.uint8)
+    return scale_to_uint8(channel, lo, hi)

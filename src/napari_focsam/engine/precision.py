@@ -15,6 +15,8 @@ import subprocess
 
 import torch
 
+from ..errors import UserError
+
 __all__ = [
     "DeviceError",
     "DtypeError",
@@ -39,11 +41,11 @@ _DTYPE_NAMES: dict[str, torch.dtype] = {
 }
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """The requested device is unknown or not available on this machine."""
 
 
-class DtypeError(ValueError):
+class DtypeError(UserError, ValueError):
     """The requested encoder precision is unknown."""
 
 

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["PromptError", "Prompts", "validate_prompts"]
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt (points, labels, box or mask input) is missing, malformed or out of bounds."""
 
 

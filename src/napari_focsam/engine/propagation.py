@@ -26,7 +26,7 @@ Differences from the official ``SAM2VideoPredictor`` (all optional, see `Propaga
 - **Streaming and cancellation**: `propagate` is a generator; the state is consistent after
   every yielded frame, so a caller may stop iterating at any time and keep what it got.
 
-The per-object state, options and results live in :mod:`.propagation_state` (re-exported here).
+The per-object state, options and results live in :mod:`.propagation_state`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.sam2.model import NO_OBJ_SCORE
 from .holes import fill_small_holes
 from .propagation_state import (
-    NO_OBJ_SCORE,
     FeatureProvider,
     FrameOutput,
     FrameResult,
@@ -51,17 +51,7 @@ from .propagation_state import (
     select_closest_cond_frames,
 )
 
-__all__ = [
-    "NO_OBJ_SCORE",
-    "FeatureProvider",
-    "FrameOutput",
-    "FrameResult",
-    "ObjectTrack",
-    "PropagationError",
-    "PropagationOptions",
-    "VideoPropagator",
-    "apply_non_overlap",
-]
+__all__ = ["PREV_LOGIT_CLAMP", "VideoPropagator"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,9 +157,9 @@ class VideoPropagator:
         if points_xy is None and box_xyxy is None:
             raise PropagationError("give points or a box")
         pts = torch.zeros(0, 2) if points_xy is None else torch.as_tensor(
-            np.asarray(points_xy, dtype=np.float32)).reshape(-1, 2)
+            np.ascontiguousarray(points_xy, dtype=np.float32)).reshape(-1, 2)
         labs = torch.zeros(0, dtype=torch.int32) if labels is None else torch.as_tensor(
-            np.asarray(labels)).reshape(-1).to(torch.int32)
+            np.ascontiguousarray(labels)).reshape(-1).to(torch.int32)
         if pts.shape[0] != labs.shape[0]:
             raise PropagationError(f"{pts.shape[0]} points but {labs.shape[0]} labels")
         if not torch.isfinite(pts).all():
@@ -207,6 +197,33 @@ class VideoPropagator:
         track.masks.pop(frame, None)
         (track.temp_cond if is_cond else track.temp_non_cond)[frame] = out
         return self._prompt_result(frame, is_cond)
+
+    def add_clicks(
+        self,
+        frame: int,
+        obj_id: int,
+        points_xy: np.ndarray | torch.Tensor | None = None,
+        labels: np.ndarray | torch.Tensor | None = None,
+        box_xyxy: np.ndarray | torch.Tensor | Sequence[float] | None = None,
+    ) -> FrameResult:
+        """Clicks of one object on `frame` added one at a time, each with the previous step's
+        logits, as SAM 2's interactive protocol sends them (the same mask as a click session
+        of `Sam2ImagePredictor`). Replaces the object's earlier points on the frame.
+
+        Parameters are those of `add_points`; the box goes with the first click.
+        """
+        if (points_xy is None) != (labels is None):
+            raise PropagationError("points and labels must be given together")
+        pts = None if points_xy is None else np.asarray(points_xy, dtype=np.float32).reshape(-1, 2)
+        labs = None if labels is None else np.asarray(labels).reshape(-1)
+        if pts is None or len(pts) == 0:
+            return self.add_points(frame, obj_id, None, None, box_xyxy)
+        if len(labs) != len(pts):
+            raise PropagationError(f"{len(pts)} points but {len(labs)} labels")
+        result = self.add_points(frame, obj_id, pts[:1], labs[:1], box_xyxy)
+        for k in range(1, len(pts)):
+            result = self.add_points(frame, obj_id, pts[k:k + 1], labs[k:k + 1], clear_old=False)
+        return result
 
     @torch.no_grad()
     def add_mask(self, frame: int, obj_id: int, mask: np.ndarray | torch.Tensor) -> FrameResult:

@@ -10,11 +10,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-#: Logit of an object that is absent (or not prompted yet) on a frame.
-NO_OBJ_SCORE = -1024.0
+from ..errors import UserError
 
 
-class PropagationError(RuntimeError):
+class PropagationError(UserError, RuntimeError):
     """A propagation request cannot be served (no prompts, unknown object, bad frame...)."""
 
 

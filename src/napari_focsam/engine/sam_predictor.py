@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..errors import FocSamError
 from ..models.sam.mask_decoder import MaskDecoderOutput
 from .image import to_rgb_uint8
+from .interactive import MASK_THRESHOLD, MaskPrediction
 from .precision import autocast_context, fp32_context, resolve_device, resolve_encoder_dtype
 from .prompts import Prompts, validate_prompts
 from .transforms import (
@@ -30,44 +31,12 @@ from .transforms import (
 if TYPE_CHECKING:
     from .session import ClickSession
 
-__all__ = ["PredictorStateError", "SamPrediction", "SamPredictor"]
+__all__ = ["PredictorStateError", "SamPredictor"]
 
 logger = logging.getLogger(__name__)
 
-#: Logits above this are inside the mask (the official ``Sam.mask_threshold``).
-MASK_THRESHOLD = 0.0
-
-
-class PredictorStateError(RuntimeError):
+class PredictorStateError(FocSamError, RuntimeError):
     """The predictor was asked to predict before an image (or its features) was set."""
-
-
-@dataclass(frozen=True)
-class SamPrediction:
-    """Result of one `SamPredictor.predict` call; ``K`` is 3 in multimask mode, else 1.
-
-    Attributes
-    ----------
-    masks : np.ndarray
-        ``(K, H, W)`` bool at the original image size.
-    scores : np.ndarray
-        ``(K,)`` float32 predicted IoU of each mask.
-    low_res_logits : np.ndarray
-        ``(K, 4E, 4E)`` float32 (256 x 256 for SAM); ``low_res_logits[k]`` can be passed back
-        as ``mask_input`` of the next prediction.
-    logits : np.ndarray
-        ``(K, H, W)`` float32 logits at the original image size (``masks == logits > 0``).
-    """
-
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
-    logits: np.ndarray
-
-    @property
-    def best(self) -> int:
-        """Index of the mask with the highest predicted IoU."""
-        return int(np.argmax(self.scores))
 
 
 class SamPredictor:
@@ -86,6 +55,9 @@ class SamPredictor:
         `resolve_encoder_dtype`).
     """
 
+    #: Version of the frame -> model input preprocessing (part of embedding-cache keys).
+    preprocess_version = "sam-longest-side-v1"
+
     def __init__(
         self,
         model: nn.Module,
@@ -100,7 +72,7 @@ class SamPredictor:
         self._original_size: tuple[int, int] | None = None
         self._input_size: tuple[int, int] | None = None
         #: Bumped whenever the image changes, so click sessions notice a stale image.
-        self._image_generation = 0
+        self.image_generation = 0
         logger.info("%s on %s, encoder in %s", type(self).__name__, self.device, self.encoder_dtype)
 
     # ------------------------------------------------------------------ state
@@ -151,7 +123,7 @@ class SamPredictor:
         self._features = None
         self._original_size = None
         self._input_size = None
-        self._image_generation += 1
+        self.image_generation += 1
 
     def _require_image(self) -> None:
         if self._features is None:
@@ -175,7 +147,7 @@ class SamPredictor:
         self.reset_image()
         rgb = to_rgb_uint8(image, channel_axis=channel_axis)  # (H, W, 3) uint8
         start = time.perf_counter()
-        x, input_size = self._model_input(rgb)  # (1, 3, S, S), (h, w)
+        x, input_size = self.model_input(rgb)  # (1, 3, S, S), (h, w)
         with autocast_context(self.device, self.encoder_dtype):
             features = self.sam.image_encoder(x)  # (1, C, E, E)
         self._features = features.float()
@@ -186,7 +158,7 @@ class SamPredictor:
             self._original_size, time.perf_counter() - start, self.encoder_dtype,
         )
 
-    def _model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+    def model_input(self, rgb: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """The encoder input of an RGB image.
 
         Parameters
@@ -252,6 +224,10 @@ class SamPredictor:
         self._original_size = original
         self._input_size = given
 
+    def set_frame(self, features: torch.Tensor | np.ndarray, frame_shape: tuple[int, int]) -> None:
+        """Use cached embeddings of a frame of `frame_shape` ``(H, W)`` (see `set_features`)."""
+        self.set_features(features, frame_shape, self.expected_input_size(frame_shape))
+
     # ------------------------------------------------------------------ prompts
     @torch.no_grad()
     def predict(
@@ -261,7 +237,7 @@ class SamPredictor:
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
         multimask: bool = True,
-    ) -> SamPrediction:
+    ) -> MaskPrediction:
         """Predict masks on the current image.
 
         Parameters
@@ -279,7 +255,7 @@ class SamPredictor:
 
         Returns
         -------
-        SamPrediction
+        MaskPrediction
 
         Raises
         ------
@@ -365,7 +341,7 @@ class SamPredictor:
         *,
         multimask: bool,
         embeddings: torch.Tensor | None = None,
-    ) -> SamPrediction:
+    ) -> MaskPrediction:
         """Decode validated prompts into masks at the original image size.
 
         Parameters
@@ -380,7 +356,7 @@ class SamPredictor:
 
         Returns
         -------
-        SamPrediction
+        MaskPrediction
         """
         out = self.decode_raw(prompts, multimask=multimask, embeddings=embeddings)
         return self.prediction(out.low_res_logits, out.iou_predictions)
@@ -430,8 +406,8 @@ class SamPredictor:
             )
 
     @torch.no_grad()
-    def prediction(self, low_res_logits: torch.Tensor, scores: torch.Tensor) -> SamPrediction:
-        """Wrap decoder outputs, upscaled to the original image, as a `SamPrediction`.
+    def prediction(self, low_res_logits: torch.Tensor, scores: torch.Tensor) -> MaskPrediction:
+        """Wrap decoder outputs, upscaled to the original image, as a `MaskPrediction`.
 
         Parameters
         ----------
@@ -442,13 +418,13 @@ class SamPredictor:
 
         Returns
         -------
-        SamPrediction
+        MaskPrediction
         """
         with fp32_context(self.device):
             low_res = low_res_logits.float()
             logits = self.postprocess(low_res)  # (1, K, H, W)
         logits_np = logits[0].cpu().numpy().astype(np.float32, copy=False)
-        return SamPrediction(
+        return MaskPrediction(
             masks=logits_np > MASK_THRESHOLD,
             scores=scores[0].float().cpu().numpy(),
             low_res_logits=low_res[0].cpu().numpy(),
@@ -460,7 +436,7 @@ class SamPredictor:
         prompts: Prompts,
         step: int,
         embeddings: torch.Tensor | None,
-    ) -> tuple[SamPrediction, torch.Tensor | None]:
+    ) -> tuple[MaskPrediction, torch.Tensor | None]:
         """One click of the interactive protocol (used by `ClickSession`).
 
         SAM decodes all clicks so far plus the previous step's low-resolution logits in
@@ -477,7 +453,7 @@ class SamPredictor:
 
         Returns
         -------
-        prediction : SamPrediction
+        prediction : MaskPrediction
             Single mask.
         embeddings : torch.Tensor or None
             Embeddings for the object's next steps (None: the image's).

@@ -1,11 +1,13 @@
 """Click sessions: the interactive protocol of one object on one image.
 
 Every click sends *all* clicks of the object so far plus the previous step's raw
-low-resolution logits (single-mask mode), as in the official FocSAM / SAM click evaluation.
-A FocSAM predictor refines the image embeddings once, at its ``refine_start_step``, and the
-object's later clicks use the refined embeddings; a new session (a new object) starts from the
-image's embeddings again. Every step's state is kept, so undoing a click, or replacing the
-clicks by an edited list, restores the exact earlier state and only recomputes what changed.
+low-resolution logits (single-mask mode), as in the official FocSAM / SAM click evaluation and
+SAM 2's interactive protocol. Any `InteractivePredictor` drives the steps; a step may carry
+predictor-specific state to the object's next clicks (FocSAM refines the image embeddings
+once, at its ``refine_start_step``, and the object's later clicks use the refined embeddings;
+a new session starts from the image's embeddings again). Every step is kept, so undoing a
+click, or replacing the clicks by an edited list, restores the exact earlier state and only
+recomputes what changed.
 """
 
 from __future__ import annotations
@@ -13,22 +15,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from ..errors import FocSamError
 from .prompts import PromptError, Prompts
 
 if TYPE_CHECKING:
-    from .sam_predictor import SamPrediction, SamPredictor
+    from .interactive import InteractivePredictor, MaskPrediction
 
 __all__ = ["Click", "ClickSession", "SessionStep", "StaleSessionError"]
 
 logger = logging.getLogger(__name__)
 
 
-class StaleSessionError(RuntimeError):
+class StaleSessionError(FocSamError, RuntimeError):
     """The predictor's image changed after the session started."""
 
 
@@ -57,21 +59,21 @@ class SessionStep:
     ----------
     click : Click
         The click of this step.
-    prediction : SamPrediction
+    prediction : MaskPrediction
         Single-mask prediction of this step.
-    embeddings : torch.Tensor or None
-        ``(1, C, E, E)`` embeddings the object's next steps decode on; None for the image's
-        own (FocSAM: refined embeddings from its refine step on).
+    state : object
+        What the predictor carries to the object's next steps; None for nothing (FocSAM: the
+        ``(1, C, E, E)`` refined embeddings from its refine step on).
     """
 
     click: Click
-    prediction: SamPrediction
-    embeddings: torch.Tensor | None
+    prediction: MaskPrediction
+    state: Any
 
     @property
     def refined(self) -> bool:
-        """Whether the object's embeddings are refined after this step."""
-        return self.embeddings is not None
+        """Whether the object's embeddings are refined after this step (FocSAM)."""
+        return self.state is not None
 
 
 class ClickSession:
@@ -79,8 +81,8 @@ class ClickSession:
 
     Parameters
     ----------
-    predictor : SamPredictor
-        A SAM or FocSAM predictor with an image set.
+    predictor : InteractivePredictor
+        A predictor with a frame set.
     box : array-like or None
         ``(4,)`` (row0, col0, row1, col1) sent with every click of the object.
 
@@ -92,10 +94,10 @@ class ClickSession:
         Invalid box.
     """
 
-    def __init__(self, predictor: SamPredictor, box: np.ndarray | None = None) -> None:
+    def __init__(self, predictor: InteractivePredictor, box: np.ndarray | None = None) -> None:
         self.predictor = predictor
         self.box = None if box is None else predictor.validate(box=box).box
-        self._generation = predictor._image_generation
+        self._generation = predictor.image_generation
         self._steps: list[SessionStep] = []
 
     # ------------------------------------------------------------------ state
@@ -110,7 +112,7 @@ class ClickSession:
         return tuple(step.click for step in self._steps)
 
     @property
-    def prediction(self) -> SamPrediction | None:
+    def prediction(self) -> MaskPrediction | None:
         """The latest prediction, or None before the first click."""
         return self._steps[-1].prediction if self._steps else None
 
@@ -129,7 +131,7 @@ class ClickSession:
         return len(self._steps)
 
     # ------------------------------------------------------------------ editing
-    def add_click(self, row: float, col: float, positive: bool = True) -> SamPrediction:
+    def add_click(self, row: float, col: float, positive: bool = True) -> MaskPrediction:
         """Add a click and predict.
 
         Parameters
@@ -141,7 +143,7 @@ class ClickSession:
 
         Returns
         -------
-        SamPrediction
+        MaskPrediction
             Single mask.
 
         Raises
@@ -156,14 +158,14 @@ class ClickSession:
         self._steps.append(self._compute(len(self._steps), click))
         return self._steps[-1].prediction
 
-    def undo(self) -> SamPrediction | None:
+    def undo(self) -> MaskPrediction | None:
         """Remove the last click and return to the exact state before it.
 
         Undoing FocSAM's refining click also drops the refined embeddings.
 
         Returns
         -------
-        SamPrediction or None
+        MaskPrediction or None
             The prediction now current, None when no click is left.
 
         Raises
@@ -177,7 +179,7 @@ class ClickSession:
         return self.prediction
 
     def set_clicks(self, points: np.ndarray | Sequence[Sequence[float]],
-                   labels: np.ndarray | Sequence[int]) -> SamPrediction | None:
+                   labels: np.ndarray | Sequence[int]) -> MaskPrediction | None:
         """Replace the clicks by an edited list, e.g. from a napari Points layer.
 
         Steps of the longest unchanged prefix are kept as they are; only the clicks after it
@@ -192,7 +194,7 @@ class ClickSession:
 
         Returns
         -------
-        SamPrediction or None
+        MaskPrediction or None
             The latest prediction, None for an empty list.
 
         Raises
@@ -223,7 +225,7 @@ class ClickSession:
 
     # ------------------------------------------------------------------ internals
     def _check_fresh(self) -> None:
-        if self.predictor._image_generation != self._generation:
+        if self.predictor.image_generation != self._generation:
             raise StaleSessionError(
                 "the predictor's image changed after this session started; start a new session"
             )
@@ -237,8 +239,8 @@ class ClickSession:
         labels = np.array([int(s.click.positive) for s in earlier] + [int(click.positive)])
         previous = earlier[-1].prediction.low_res_logits if earlier else None  # (1, M, M)
         prompts: Prompts = self.predictor.validate(points, labels, self.box, previous)
-        embeddings = earlier[-1].embeddings if earlier else None
-        prediction, embeddings = self.predictor.session_step(prompts, index, embeddings)
-        logger.debug("click %d at (%.1f, %.1f) %s, refined=%s", index, click.row, click.col,
-                     "+" if click.positive else "-", embeddings is not None)
-        return SessionStep(click=click, prediction=prediction, embeddings=embeddings)
+        state = earlier[-1].state if earlier else None
+        prediction, state = self.predictor.session_step(prompts, index, state)
+        logger.debug("click %d at (%.1f, %.1f) %s, state=%s", index, click.row, click.col,
+                     "+" if click.positive else "-", state is not None)
+        return SessionStep(click=click, prediction=prediction, state=state)

@@ -14,8 +14,6 @@ from .clicker import Click, error_distance, next_click
 from .datasets import DATASETS, Dataset, DatasetError, Sample, open_dataset
 from .noc import (
     DEFAULT_THRESHOLDS,
-    InteractivePredictor,
-    InteractiveSession,
     SampleResult,
     evaluate_sample,
     mask_iou,
@@ -23,15 +21,7 @@ from .noc import (
     number_of_clicks,
     summarize,
 )
-from .run import (
-    EnginePredictor,
-    NocProgress,
-    NocReport,
-    Sam2ImagePredictor,
-    build_predictor,
-    drain,
-    run_noc,
-)
+from .run import NocProgress, NocReport, drain, run_noc
 from .stack import ObjectScore, StackScore, evaluate_stack, write_stack_report
 
 __all__ = [
@@ -44,15 +34,10 @@ __all__ = [
     "Click",
     "Dataset",
     "DatasetError",
-    "EnginePredictor",
-    "InteractivePredictor",
-    "InteractiveSession",
     "NocProgress",
     "NocReport",
-    "Sam2ImagePredictor",
     "Sample",
     "SampleResult",
-    "build_predictor",
     "drain",
     "error_distance",
     "evaluate_sample",

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .clicker import Click, next_click
 
+if TYPE_CHECKING:
+    from ..engine.interactive import InteractivePredictor
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
-    "InteractivePredictor",
-    "InteractiveSession",
     "SampleResult",
     "evaluate_sample",
     "mask_iou",
@@ -34,24 +35,6 @@ logger = logging.getLogger(__name__)
 
 #: IoU thresholds of the reported NoC figures.
 DEFAULT_THRESHOLDS = (0.85, 0.90, 0.95)
-
-
-@runtime_checkable
-class InteractiveSession(Protocol):
-    """The click history of one object: each click returns the new mask."""
-
-    def add_click(self, row: int, col: int, positive: bool) -> np.ndarray:
-        """Add a click at pixel (`row`, `col`) and return the ``(H, W)`` bool mask."""
-        ...
-
-
-@runtime_checkable
-class InteractivePredictor(Protocol):
-    """An interactive model: `start` sets an image and opens a session for a new object."""
-
-    def start(self, image: np.ndarray) -> InteractiveSession:
-        """Set the ``(H, W, 3)`` uint8 `image` and return a new object's session."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -83,13 +66,6 @@ class SampleResult:
     def max_clicks(self) -> int:
         """Clicks of the protocol (length of `ious`)."""
         return len(self.ious)
-
-    def noc_at(self, threshold: float) -> int:
-        """NoC at `threshold` (computed from `ious` when not one of `thresholds`)."""
-        for t, n in zip(self.thresholds, self.noc, strict=True):
-            if np.isclose(t, threshold):
-                return n
-        return number_of_clicks(self.ious, threshold)
 
     def failed(self, threshold: float) -> bool:
         """Whether no click reached `threshold`."""
@@ -127,17 +103,16 @@ def number_of_clicks(ious: Sequence[float], threshold: float) -> int:
     return len(ious)
 
 
-def _as_mask(output, shape: tuple[int, int]) -> np.ndarray:
-    """A session's output as an ``(H, W)`` bool mask (a `SamPrediction` gives ``masks[0]``)."""
-    masks = getattr(output, "masks", None)
-    mask = np.asarray(output if masks is None else masks[0])
+def _as_mask(prediction, shape: tuple[int, int]) -> np.ndarray:
+    """A session's prediction (its ``masks[0]``) as an ``(H, W)`` bool mask."""
+    mask = np.asarray(prediction.masks[0])
     if mask.shape != shape:
         raise ValueError(f"the predictor returned a mask of shape {mask.shape}, expected {shape}")
     return mask.astype(bool, copy=False)
 
 
 def evaluate_sample(
-    predictor_fn: InteractivePredictor,
+    predictor: InteractivePredictor,
     image: np.ndarray,
     gt: np.ndarray,
     max_clicks: int = 20,
@@ -151,9 +126,9 @@ def evaluate_sample(
 
     Parameters
     ----------
-    predictor_fn : InteractivePredictor
-        ``predictor_fn.start(image)`` returns a session whose ``add_click(row, col, positive)``
-        returns the ``(H, W)`` bool mask after that click.
+    predictor : InteractivePredictor
+        Its ``set_image`` and ``start_session`` are used: each click of the session returns
+        a prediction whose ``masks[0]`` is the ``(H, W)`` bool mask after that click.
     image : np.ndarray
         ``(H, W, 3)`` uint8.
     gt : np.ndarray
@@ -195,7 +170,8 @@ def evaluate_sample(
         rng = np.random.default_rng(0 if rng is None else rng)
     thresholds = tuple(float(t) for t in iou_thresholds)
 
-    session = predictor_fn.start(image)
+    predictor.set_image(image)
+    session = predictor.start_session()
     pred = np.zeros(gt.shape, dtype=bool)
     clicked = np.zeros(gt.shape, dtype=bool)
     clicks: list[Click] = []

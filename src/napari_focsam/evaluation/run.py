@@ -25,15 +25,7 @@ import torch
 from .datasets import Dataset, open_dataset
 from .noc import DEFAULT_THRESHOLDS, SampleResult, evaluate_sample, noc_label, summarize
 
-__all__ = [
-    "EnginePredictor",
-    "NocProgress",
-    "NocReport",
-    "Sam2ImagePredictor",
-    "build_predictor",
-    "drain",
-    "run_noc",
-]
+__all__ = ["NocProgress", "NocReport", "drain", "run_noc"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,111 +71,6 @@ class NocReport:
     summary_json: Path
 
 
-# ---------------------------------------------------------------------- predictors
-class _EngineSession:
-    def __init__(self, session) -> None:
-        self.session = session
-
-    def add_click(self, row: int, col: int, positive: bool) -> np.ndarray:
-        with torch.no_grad():
-            return self.session.add_click(row, col, positive).masks[0]
-
-
-class EnginePredictor:
-    """`InteractivePredictor` over a `SamPredictor` or `FocSamPredictor`.
-
-    Each object is a click session: every click sends all clicks so far and the previous
-    low-resolution logits (FocSAM refines at its refine step).
-
-    Parameters
-    ----------
-    predictor : SamPredictor
-        SAM or FocSAM predictor.
-    """
-
-    def __init__(self, predictor) -> None:
-        self.predictor = predictor
-
-    def start(self, image: np.ndarray) -> _EngineSession:
-        """Encode `image` and open a session for a new object."""
-        self.predictor.set_image(image)
-        return _EngineSession(self.predictor.start_session())
-
-
-class _OneFrame:
-    """A `FeatureProvider` of a single frame."""
-
-    def __init__(self, features) -> None:
-        self.features = features
-
-    def __len__(self) -> int:
-        return 1
-
-    def __call__(self, frame_idx: int):
-        return self.features
-
-
-class _Sam2Session:
-    def __init__(self, loaded, features, hw: tuple[int, int]) -> None:
-        from ..engine.propagation import VideoPropagator
-
-        self.loaded = loaded
-        self.propagator = VideoPropagator(loaded.net, _OneFrame(features), hw)
-
-    def add_click(self, row: int, col: int, positive: bool) -> np.ndarray:
-        from ..engine.precision import autocast_context
-
-        with torch.no_grad(), autocast_context(self.loaded.device, self.loaded.dtype):
-            result = self.propagator.add_points(
-                0, 1, np.array([[col, row]], dtype=np.float32), np.array([int(positive)]),
-                clear_old=False)
-        return result.masks()[0]
-
-
-class Sam2ImagePredictor:
-    """`InteractivePredictor` of SAM 2 on single images: each click is added to the object's
-    earlier clicks on a one-frame video (SAM 2's own interactive protocol: multimask on the
-    first click, the previous mask logits as mask input after it).
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-        A SAM 2 model.
-    """
-
-    def __init__(self, loaded) -> None:
-        from ..store import Sam2Encoder
-
-        self.loaded = loaded
-        self.encoder = Sam2Encoder(loaded.net, encoder_dtype=loaded.dtype)
-
-    def start(self, image: np.ndarray) -> _Sam2Session:
-        """Encode `image` and open a session for a new object."""
-        hw = (int(image.shape[0]), int(image.shape[1]))
-        arrays = self.encoder.encode([np.ascontiguousarray(image)])[0]
-        return _Sam2Session(self.loaded, self.encoder.to_features(arrays, hw), hw)
-
-
-def build_predictor(loaded):
-    """The `InteractivePredictor` of a loaded model (SAM, FocSAM or SAM 2).
-
-    Parameters
-    ----------
-    loaded : LoadedModel
-        From `napari_focsam.api.models.load_model`.
-
-    Returns
-    -------
-    EnginePredictor or Sam2ImagePredictor
-    """
-    from ..engine import FocSamPredictor, SamPredictor
-
-    if loaded.family == "sam2":
-        return Sam2ImagePredictor(loaded)
-    klass = FocSamPredictor if loaded.family == "focsam" else SamPredictor
-    return EnginePredictor(klass(loaded.net, device=loaded.device, encoder_dtype=loaded.dtype))
-
-
 # ---------------------------------------------------------------------- run
 def drain(progress: Generator):
     """Run a progress generator to its end and return its return value."""
@@ -206,7 +93,7 @@ def _evaluate_model(model_id: str, weights, data: Dataset, *, device, dtype, off
 
     loaded = load_model(model_id, weights=weights, device=device, dtype=dtype,
                         role="interactive", offline=offline, seed=seed)
-    predictor = build_predictor(loaded)
+    predictor = loaded.interactive_predictor()
     results: list[SampleResult] = []
     skipped: list[str] = []
     for index, ref in enumerate(data.refs):
@@ -224,7 +111,7 @@ def _evaluate_model(model_id: str, weights, data: Dataset, *, device, dtype, off
 
 
 def _model_summary(loaded, results: Sequence[SampleResult]) -> dict:
-    return {"model": loaded.model_id, "family": loaded.family, "weights": loaded.weights,
+    return {"model": loaded.model_id, "family": loaded.family.name, "weights": loaded.weights,
             "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
             **summarize(results)}
 
@@ -315,12 +202,12 @@ def run_noc(
     ------
     napari_focsam.evaluation.datasets.DatasetError
         Missing or malformed dataset.
-    napari_focsam.api.models.ModelChoiceError
+    napari_focsam.families.ModelChoiceError
         Unknown model.
     ValueError
         Bad settings.
     """
-    from ..api.models import family_of
+    from ..families import family_of
 
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")

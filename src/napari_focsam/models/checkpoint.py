@@ -1,8 +1,9 @@
 """Reading official checkpoints safely and checking them against our modules.
 
 Every failure is a :class:`CheckpointError` whose message names the file, what was found and
-what was expected: a truncated download, a file that is not a checkpoint, a checkpoint of
-another model family, or a state_dict whose keys or shapes do not fit the chosen config.
+what was expected: a truncated download, a file that is not a checkpoint, or a state_dict whose
+keys or shapes do not fit the chosen config. Which family a checkpoint belongs to is told by
+the family records (`napari_focsam.families.detect_family`).
 """
 
 from __future__ import annotations
@@ -17,29 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
-
-#: Model families we can tell apart from the checkpoint layout.
-FAMILY_SAM1 = "sam1"
-FAMILY_SAM2 = "sam2"
-FAMILY_FOCSAM = "focsam"
-FAMILY_UNKNOWN = "unknown"
-
-_FAMILY_DESCRIPTIONS = {
-    FAMILY_SAM1: "a SAM 1 (segment-anything) state_dict with image_encoder./prompt_encoder./"
-                 "mask_decoder. keys",
-    FAMILY_SAM2: "a SAM 2 checkpoint ({'model': state_dict} with image_encoder.trunk. keys)",
-    FAMILY_FOCSAM: "a FocSAM mmengine checkpoint (state_dict with backbone./neck./decode_head./"
-                   "refine_head. keys)",
-    FAMILY_UNKNOWN: "a file of no known model family",
-}
 
 _MAX_LISTED_KEYS = 8
 #: torch.save writes a zip archive ("PK\x03\x04"); legacy files are pickles (protocol >= 2).
 _TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be used for the requested model."""
 
 
@@ -93,64 +81,11 @@ def read_checkpoint(path: str | Path) -> Any:
         ) from exc
 
 
-def _tensor_keys(obj: Any) -> list[str]:
+def tensor_keys(obj: Any) -> list[str]:
+    """The string keys of `obj` whose values are tensors (none if it is not a mapping)."""
     if isinstance(obj, Mapping):
         return [k for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)]
     return []
-
-
-def detect_family(obj: Any) -> str:
-    """Tell which model family a loaded checkpoint belongs to.
-
-    Parameters
-    ----------
-    obj : object
-        The result of :func:`read_checkpoint`.
-
-    Returns
-    -------
-    str
-        One of ``"sam1"``, ``"sam2"``, ``"focsam"``, ``"unknown"``.
-    """
-    if isinstance(obj, Mapping):
-        inner = obj.get("model")
-        if isinstance(inner, Mapping) and any(
-            k.startswith("image_encoder.trunk.") for k in _tensor_keys(inner)
-        ):
-            return FAMILY_SAM2
-        inner = obj.get("state_dict")
-        if isinstance(inner, Mapping):
-            keys = _tensor_keys(inner)
-            if any(k.startswith("backbone.") for k in keys) and any(
-                k.startswith(("decode_head.", "refine_head.")) for k in keys
-            ):
-                return FAMILY_FOCSAM
-        keys = _tensor_keys(obj)
-        if any(k.startswith("image_encoder.trunk.") for k in keys):
-            return FAMILY_SAM2
-        if all(any(k.startswith(p) for k in keys)
-               for p in ("image_encoder.blocks.", "prompt_encoder.", "mask_decoder.")):
-            return FAMILY_SAM1
-    return FAMILY_UNKNOWN
-
-
-def expect_family(obj: Any, family: str, path: str | Path) -> None:
-    """Raise :class:`CheckpointError` unless ``obj`` is a checkpoint of ``family``.
-
-    Parameters
-    ----------
-    obj : object
-        Loaded checkpoint.
-    family : str
-        Expected family.
-    path : str or Path
-        File name used in the message.
-    """
-    found = detect_family(obj)
-    if found != family:
-        raise CheckpointError(
-            f"{path} is {_FAMILY_DESCRIPTIONS[found]}; expected {_FAMILY_DESCRIPTIONS[family]}."
-        )
 
 
 def _listing(keys: list[str]) -> str:

@@ -7,8 +7,8 @@
 - :mod:`.cache_spec` -- what a cache entry holds, where entries live, the cache errors,
 - :mod:`.disk_cache` -- resumable zarr cache entries with validation and checksums,
 - :mod:`.encoder_base` -- the encoder protocol and shared helpers,
-- :mod:`.encoders`, :mod:`.sam2_encoder` -- SAM / FocSAM / SAM 2 adapters (encode in batches,
-  rebuild the consumers' features),
+- :mod:`.encoders`, :mod:`.sam2_encoder` -- SAM / FocSAM and SAM 2 adapters (encode in
+  batches, rebuild the predictors' features),
 - :mod:`.embedding_store` -- `EmbeddingStore`, tying them together (a propagation
   ``FeatureProvider``), and :mod:`.views` -- its progress steps and per-outer-index views.
 """
@@ -23,12 +23,15 @@ from .cache_spec import (
     default_cache_root,
     resolve_cache_root,
 )
+from .contrast import apply_limits
 from .disk_cache import DiskCache
 from .embedding_store import ComputeProgress, EmbeddingStore, StackView
-from .encoders import FocSamEncoder, FrameEncoder, Sam2Encoder, SamEncoder, model_fingerprint
+from .encoder_base import FrameEncoder, model_fingerprint
+from .encoders import SamEncoder
 from .hashing import cache_key, content_hash
 from .ram_cache import RamCache, estimate_nbytes
-from .stack_source import StackError, StackSource, apply_limits
+from .sam2_encoder import Sam2Encoder
+from .stack_source import StackError, StackSource
 
 __all__ = [
     "ENV_CACHE_DIR",
@@ -40,7 +43,6 @@ __all__ = [
     "ComputeProgress",
     "DiskCache",
     "EmbeddingStore",
-    "FocSamEncoder",
     "FrameEncoder",
     "RamCache",
     "Sam2Encoder",

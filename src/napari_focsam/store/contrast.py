@@ -1,5 +1,5 @@
-"""One contrast stretch for a whole stack: percentile limits from sampled frames, and the
-linear map to uint8 (the arithmetic of `napari_focsam.engine.image.to_rgb_uint8`)."""
+"""One contrast stretch for a whole stack: percentile limits from sampled frames, mapped to
+uint8 by `napari_focsam.engine.image.scale_to_uint8` (the arithmetic of `to_rgb_uint8`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
+
+from ..engine.image import contrast_work_dtype, scale_to_uint8
 
 __all__ = ["CONTRAST_VERSION", "Limits", "apply_limits", "stack_limits"]
 
@@ -20,44 +22,11 @@ CONTRAST_VERSION = "stack-contrast-v1"
 Limits = tuple[float, float] | None
 
 
-def _work_dtype(dtype: np.dtype) -> type:
-    """Float type of the contrast arithmetic (as in `napari_focsam.engine.image`)."""
-    return np.float64 if dtype in (np.float64, np.int64, np.uint64) else np.float32
-
-
 def apply_limits(channel: np.ndarray, limits: Limits) -> np.ndarray:
-    """Map one channel linearly to uint8 with given limits.
-
-    Parameters
-    ----------
-    channel : np.ndarray
-        ``(H, W)`` integer or float values.
-    limits : tuple of float or None
-        ``(lo, hi)`` mapped to 0 and 255 (``hi > lo``); None gives all zeros.
-
-    Returns
-    -------
-    np.ndarray
-        ``(H, W)`` uint8: clipped and rounded; NaN / inf pixels become 0 (as in
-        `napari_focsam.engine.image.to_rgb_uint8`, whose arithmetic this repeats exactly).
-    """
-    work_dtype = _work_dtype(channel.dtype)
-    values = channel.astype(work_dtype, copy=False)
-    out = np.zeros(channel.shape, dtype=np.uint8)
+    """Map one ``(H, W)`` channel to uint8 with given limits (`scale_to_uint8`; None: zeros)."""
     if limits is None:
-        return out
-    finite = np.isfinite(values)
-    if not finite.any():
-        return out
-    lo, hi = limits
-    with np.errstate(over="ignore", invalid="ignore"):
-        scale = 255.0 / (hi - lo)
-        scaled = (np.where(finite, values, work_dtype(lo)) - work_dtype(lo)) * scale
-    np.clip(scaled, 0.0, 255.0, out=scaled)
-    scaled[~np.isfinite(scaled)] = 0.0
-    np.rint(scaled, out=scaled)
-    out[...] = scaled
-    return out
+        return np.zeros(channel.shape, dtype=np.uint8)
+    return scale_to_uint8(channel, *limits)
 
 
 def stack_limits(frames: Iterable[np.ndarray], n_channels: int, percentiles: tuple[float, float],
@@ -85,7 +54,7 @@ def stack_limits(frames: Iterable[np.ndarray], n_channels: int, percentiles: tup
     n_frames = 0
     for raw in frames:
         n_frames += 1
-        work = _work_dtype(raw.dtype)
+        work = contrast_work_dtype(raw.dtype)
         for c in range(n_channels):
             values = raw[..., c].astype(work, copy=False)
             finite = values[np.isfinite(values)]

@@ -23,7 +23,7 @@ import numpy as np
 
 from .cache_spec import CacheCorruptError, CacheSpec, CacheWriteError, resolve_cache_root
 from .disk_cache import DiskCache
-from .encoders import FrameEncoder
+from .encoder_base import FrameEncoder
 from .hashing import cache_key, content_hash
 from .ram_cache import RamCache
 from .stack_source import StackSource
@@ -42,7 +42,7 @@ class EmbeddingStore:
     source : StackSource
         The frames.
     encoder : FrameEncoder
-        E.g. `SamEncoder`, `FocSamEncoder`, `Sam2Encoder`.
+        E.g. `SamEncoder`, `Sam2Encoder`.
     cache_root : path-like, None or False
         Folder of the disk cache (entry ``<cache_root>/<key>.zarr``); None: `default_cache_root`
         (``$NAPARI_FOCSAM_CACHE_DIR`` or the user cache dir); False: RAM only.

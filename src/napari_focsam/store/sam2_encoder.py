@@ -28,10 +28,10 @@ class Sam2Encoder:
     encoder_dtype : str or torch.dtype
         ``"auto"``, ``"fp32"``, ``"bf16"``, ``"fp16"``.
     model_id : str or None
-        As in `SamEncoder`.
+        Identity of the weights; None derives ``"<config name>:<fingerprints>"``. The encoder
+        precision is appended either way.
     """
 
-    family = "sam2"
     preprocess_version = "sam2-square-bilinear-v1"
 
     def __init__(self, model: nn.Module, *, device: str | torch.device | None = None,
@@ -42,7 +42,7 @@ class Sam2Encoder:
         self.device = model.device
         self.encoder_dtype = resolve_encoder_dtype(self.device, encoder_dtype)
         if model_id is None:
-            model_id = (f"{self.family}:{model.config.name}:"
+            model_id = (f"{model.config.name}:"
                         f"{model_fingerprint(model.image_encoder)}:"
                         f"{model_fingerprint(model.sam_mask_decoder)}")  # conv_s0 / conv_s1
         self.model_id = f"{model_id}@{dtype_name(self.encoder_dtype)}"

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.image import MAX_CHANNELS, ImageError, _check_dtype, _check_percentiles
+from ..engine.image import MAX_CHANNELS, ImageError, check_image_dtype, check_percentiles
 from .contrast import CONTRAST_VERSION, Limits, apply_limits, stack_limits
 
-__all__ = ["CONTRAST_VERSION", "StackError", "StackSource", "apply_limits"]
+__all__ = ["StackError", "StackSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ class StackSource:
         self.shape = tuple(int(s) for s in data.shape)
         self.dtype = np.dtype(data.dtype)
         try:
-            _check_dtype(self.dtype)
-            self.percentiles = _check_percentiles(percentiles)
+            check_image_dtype(self.dtype)
+            self.percentiles = check_percentiles(percentiles)
         except ImageError as err:
             raise StackError(str(err)) from err
         ndim = len(self.shape)

@@ -25,7 +25,6 @@ from .cache import (
 )
 from .download import ProgressCallback, fetch_weights, resolve_weights
 from .registry import (
-    FAMILIES,
     WEIGHTS,
     DownloadError,
     HashMismatchError,
@@ -42,7 +41,6 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_CACHE_DIR",
     "ENV_OFFLINE",
-    "FAMILIES",
     "WEIGHTS",
     "DownloadError",
     "HashMismatchError",

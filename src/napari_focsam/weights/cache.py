@@ -159,23 +159,14 @@ def format_problem(spec: WeightSpec, path: Path, zip_expected: bool | None = Non
 
 
 def _check_family(spec: WeightSpec, path: Path) -> None:
-    from ..models.checkpoint import CheckpointError, detect_family
+    from ..families import expect_family, get_family
+    from ..models.checkpoint import CheckpointError
 
-    want = {"sam": "sam1", "sam2": "sam2", "focsam": "focsam"}[spec.family]
+    family = get_family(spec.family)
     try:
-        if spec.family == "focsam":
-            from ..models.focsam.loading import read_focsam_checkpoint
-
-            found = detect_family({"state_dict": read_focsam_checkpoint(path)})
-        else:
-            from ..models.checkpoint import read_checkpoint
-
-            found = detect_family(read_checkpoint(path))
+        expect_family(family.read(path), family, path)
     except CheckpointError as exc:
-        raise WeightsVerificationError(f"{path} cannot be read as {spec.id}: {exc}") from exc
-    if found != want:
-        raise WeightsVerificationError(
-            f"{path} is not a {want} checkpoint as {spec.id} needs (its layout is: {found})")
+        raise WeightsVerificationError(f"{path} cannot be used as {spec.id}: {exc}") from exc
 
 
 def verify_weights(model_id: str, path: str | os.PathLike[str], *, deep: bool = False) -> str:

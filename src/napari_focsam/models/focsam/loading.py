@@ -39,14 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import (
-    FAMILY_FOCSAM,
-    FAMILY_UNKNOWN,
-    CheckpointError,
-    build_and_load,
-    detect_family,
-    expect_family,
-)
+from ...families import FOCSAM, detect_family, expect_family
+from ..checkpoint import CheckpointError, build_and_load, tensor_keys
 from .config import FOCSAM_CONFIGS, FocSamConfig
 from .keys import REFINER_PREFIX, SAM_PREFIXES
 from .model import FocSamModel, build_focsam
@@ -59,6 +53,7 @@ __all__ = [
     "STUBBED_PACKAGES",
     "MmengineStub",
     "infer_focsam_config",
+    "is_focsam_checkpoint",
     "load_focsam",
     "read_focsam_checkpoint",
 ]
@@ -340,25 +335,30 @@ def _load_torch_file(path: Path, head: bytes, source: str) -> Any:
         ) from exc
 
 
-def _looks_like_focsam_state_dict(obj: Mapping[Any, Any]) -> bool:
-    keys = [k for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)]
+def _is_focsam_state_dict(obj: object) -> bool:
+    keys = tensor_keys(obj)
     return any(k.startswith("backbone.") for k in keys) and any(
         k.startswith(("decode_head.", REFINER_PREFIX)) for k in keys)
 
 
+def is_focsam_checkpoint(obj: object) -> bool:
+    """Whether a read checkpoint is FocSAM's (``{"state_dict": ...}`` with FocSAM keys)."""
+    return isinstance(obj, Mapping) and _is_focsam_state_dict(obj.get("state_dict"))
+
+
 def _state_dict_of(obj: Any, source: str) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a loaded FocSAM checkpoint (or the object itself if it is one)."""
-    family = detect_family(obj)
-    bare = (family != FAMILY_FOCSAM and isinstance(obj, Mapping) and "state_dict" not in obj
-            and _looks_like_focsam_state_dict(obj))  # re-saved without mmengine's wrapper
-    if family != FAMILY_FOCSAM and not bare:
-        if isinstance(obj, Mapping) and "state_dict" not in obj and family == FAMILY_UNKNOWN:
+    wrapped = is_focsam_checkpoint(obj)
+    bare = (not wrapped and isinstance(obj, Mapping) and "state_dict" not in obj
+            and _is_focsam_state_dict(obj))  # re-saved without mmengine's wrapper
+    if not wrapped and not bare:
+        if isinstance(obj, Mapping) and "state_dict" not in obj and detect_family(obj) is None:
             keys = [str(k) for k in obj]
             raise CheckpointError(
                 f"{source} has no 'state_dict' entry (top-level keys: {_listing(keys) or 'none'}); "
                 "expected a FocSAM mmengine checkpoint"
             )
-        expect_family(obj, FAMILY_FOCSAM, source)  # raises, naming what the file is instead
+        expect_family(obj, FOCSAM, source)  # raises, naming what the file is instead
     state_dict = obj if bare else obj["state_dict"]
     bad = [repr(k) for k, v in state_dict.items()
            if not (isinstance(k, str) and isinstance(v, torch.Tensor))]

@@ -2,24 +2,25 @@
 
 from .config import SAM_CONFIGS, MaskDecoderConfig, SamConfig, ViTEncoderConfig
 from .image_encoder import ImageEncoderViT
-from .loading import infer_sam_config, load_sam
+from .loading import infer_sam_config, is_sam_checkpoint, load_sam
 from .mask_decoder import MaskDecoder, MaskDecoderOutput
 from .model import SamModel, build_sam
 from .prompt_encoder import PromptEncoder
 from .transformer import TwoWayTransformer
 
 __all__ = [
-    "SAM_CONFIGS",
     "ImageEncoderViT",
     "MaskDecoder",
     "MaskDecoderConfig",
     "MaskDecoderOutput",
     "PromptEncoder",
+    "SAM_CONFIGS",
     "SamConfig",
     "SamModel",
     "TwoWayTransformer",
     "ViTEncoderConfig",
     "build_sam",
     "infer_sam_config",
+    "is_sam_checkpoint",
     "load_sam",
 ]

@@ -8,17 +8,21 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (
-    FAMILY_SAM1,
-    build_and_load,
-    expect_family,
-    load_checked,
-    read_checkpoint,
-)
+from ...families import SAM, expect_family
+from ..checkpoint import build_and_load, load_checked, read_checkpoint, tensor_keys
 from .config import SAM_CONFIGS, SamConfig
 from .model import SamModel, build_sam
 
 logger = logging.getLogger(__name__)
+
+#: Key prefixes every SAM (segment-anything) state_dict has.
+SAM_KEY_PREFIXES = ("image_encoder.blocks.", "prompt_encoder.", "mask_decoder.")
+
+
+def is_sam_checkpoint(obj: object) -> bool:
+    """Whether a read checkpoint is a bare SAM state_dict (every part's keys present)."""
+    keys = tensor_keys(obj)
+    return all(any(k.startswith(p) for k in keys) for p in SAM_KEY_PREFIXES)
 
 
 def infer_sam_config(state_dict: Mapping[str, torch.Tensor]) -> SamConfig | None:
@@ -74,7 +78,7 @@ def load_sam(path: str | Path, config: SamConfig | None = None,
         (the message then also names the released config the file does fit, if any).
     """
     obj = read_checkpoint(path)
-    expect_family(obj, FAMILY_SAM1, path)
+    expect_family(obj, SAM, path)
     state_dict = obj
     inferred = infer_sam_config(state_dict)
     model = build_and_load(state_dict, config, inferred, build=build_sam, load=load_checked,

@@ -2,7 +2,7 @@
 decoder, memory encoder, memory attention with 2D RoPE, object pointers."""
 
 from .config import SAM2_CONFIGS, Sam2Config, released_sam2_config
-from .loading import infer_sam2_config, load_sam2, sam2_state_dict
+from .loading import infer_sam2_config, is_sam2_checkpoint, load_sam2, sam2_state_dict
 from .model import NO_OBJ_SCORE, Sam2FrameFeatures, Sam2HeadsOutput, Sam2Model, build_sam2
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Sam2Model",
     "build_sam2",
     "infer_sam2_config",
+    "is_sam2_checkpoint",
     "load_sam2",
     "released_sam2_config",
     "sam2_state_dict",

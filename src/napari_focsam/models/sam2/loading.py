@@ -8,30 +8,40 @@ from pathlib import Path
 
 import torch
 
+from ...families import SAM2, expect_family
 from ..checkpoint import (
-    FAMILY_SAM2,
     CheckpointError,
     build_and_load,
-    expect_family,
     load_checked,
     read_checkpoint,
+    tensor_keys,
 )
 from .config import SAM2_CONFIGS, Sam2Config
 from .model import Sam2Model, build_sam2
 
-__all__ = ["infer_sam2_config", "load_sam2", "sam2_state_dict"]
+__all__ = ["infer_sam2_config", "is_sam2_checkpoint", "load_sam2", "sam2_state_dict"]
 
 logger = logging.getLogger(__name__)
 
 #: Keys only SAM 2.1 checkpoints have.
 SAM21_ONLY_KEYS = ("no_obj_embed_spatial", "obj_ptr_tpos_proj.weight")
+#: Key prefix only SAM 2 state_dicts have (the Hiera trunk).
+TRUNK_PREFIX = "image_encoder.trunk."
+
+
+def is_sam2_checkpoint(obj: object) -> bool:
+    """Whether a read checkpoint is SAM 2's (``{"model": state_dict}`` or a bare state_dict)."""
+    if isinstance(obj, Mapping) and any(k.startswith(TRUNK_PREFIX)
+                                        for k in tensor_keys(obj.get("model"))):
+        return True
+    return any(k.startswith(TRUNK_PREFIX) for k in tensor_keys(obj))
 
 
 def sam2_state_dict(obj: object, source: str = "checkpoint") -> Mapping[str, torch.Tensor]:
     """The state_dict of a loaded SAM 2 checkpoint (``obj["model"]``, or a bare state_dict)."""
     if isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping):
         return obj["model"]
-    if isinstance(obj, Mapping) and any(str(k).startswith("image_encoder.trunk.") for k in obj):
+    if isinstance(obj, Mapping) and any(str(k).startswith(TRUNK_PREFIX) for k in obj):
         return obj
     raise CheckpointError(f"{source} holds no SAM 2 state_dict (expected {{'model': ...}})")
 
@@ -81,7 +91,7 @@ def load_sam2(path: str | Path, config: Sam2Config | None = None,
         message names the released config the file fits, if any).
     """
     obj = read_checkpoint(path)
-    expect_family(obj, FAMILY_SAM2, path)
+    expect_family(obj, SAM2, path)
     state_dict = sam2_state_dict(obj, str(path))
     inferred = infer_sam2_config(state_dict)
     model = build_and_load(state_dict, config, inferred, build=build_sam2, load=load_checked,

@@ -1,0 +1,463 @@
+"""The model families: one `ModelFamily` record each, read by every layer of the package.
+
+A record holds what the rest of the package needs to know about a family: its name (the one
+spelling used everywhere), the roles it can play, its checkpoint layout, its released
+checkpoints (the weights registry is built from them) and, imported on first use, its parts:
+configs, ``build``, checkpoint reading, detection and loading, the stack encoder of the
+embedding store and the interactive predictor of the engine.
+
+This module imports neither torch nor any other part of the package at import time (the
+weights registry and its command stay light); `FamilyParts` are built lazily. Adding a family
+is its ``models/<family>/`` package plus one record below (and an engine predictor or stack
+encoder only when it needs a new kind of either).
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+    from torch import nn
+
+__all__ = [
+    "FAMILIES",
+    "FOCSAM",
+    "SAM",
+    "SAM2",
+    "FamilyParts",
+    "ModelChoiceError",
+    "ModelFamily",
+    "Role",
+    "UnknownModelError",
+    "WeightSpec",
+    "detect_family",
+    "expect_family",
+    "family_of",
+    "get_family",
+    "known_model_ids",
+    "model_menu",
+]
+
+
+class ModelChoiceError(UserError, ValueError):
+    """A model id that is not known, or a model that cannot play the requested role."""
+
+
+class UnknownModelError(ModelChoiceError):
+    """A model id that is neither a released checkpoint nor a config name.
+
+    Attributes
+    ----------
+    model_id : str
+        The id asked for.
+    known : tuple of str
+        The ids that would have been accepted.
+    suggestion : str or None
+        The closest known id, if any is close.
+    """
+
+    def __init__(self, model_id: str, known: tuple[str, ...]) -> None:
+        self.model_id = model_id
+        self.known = known
+        close = difflib.get_close_matches(str(model_id), known, n=1, cutoff=0.6)
+        self.suggestion = close[0] if close else None
+        hint = f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
+        super().__init__(f"unknown model {model_id!r}.{hint} Known models: {', '.join(known)}")
+
+
+class Role(str, enum.Enum):
+    """What a model is used for."""
+
+    INTERACTIVE = "interactive"  # draws an object on one frame from prompts
+    PROPAGATION = "propagation"  # carries objects through a z / t stack
+
+
+# ------------------------------------------------------------------------------- checkpoints
+_SAM1_BASE = "https://dl.fbaipublicfiles.com/segment_anything"
+_SAM21_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/092824"
+_SAM20_BASE = "https://dl.fbaipublicfiles.com/segment_anything_2/072824"
+#: Google Drive file id of FocSAM's released checkpoint archive (FocSAM README).
+FOCSAM_GDRIVE_ID = "1VOeMkY9LovfWYi66JMR8q79gFiC4n3Az"
+GDRIVE_DOWNLOAD_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
+GDRIVE_VIEW_URL = "https://drive.google.com/file/d/{id}"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One downloadable checkpoint.
+
+    Attributes
+    ----------
+    id : str
+        Model id.
+    family : str
+        Name of its `ModelFamily`.
+    config : str
+        Name of its config among the family's configs.
+    filename : str
+        Name of the file in the cache (and on a mirror, see ``NAPARI_FOCSAM_WEIGHTS_URL``).
+    url : str
+        Official download URL.
+    sha256 : str or None
+        Published SHA-256 (hex), or None when unpublished: the hash is then recorded after the
+        first download and checked from then on.
+    size : int or None
+        Approximate size in bytes (for progress and information only; never checked).
+    archive_member : str or None
+        For a zip distribution, the checkpoint inside it (the loader reads the zip directly).
+    source : {'http', 'gdrive'}
+        How the official URL is downloaded.
+    description : str
+        One line for listings.
+    label : str
+        Short name in the widget's model lists ("" : the id).
+    offered : bool
+        Whether the widget lists it (superseded releases are downloadable but not offered).
+    """
+
+    id: str
+    family: str
+    config: str
+    filename: str
+    url: str
+    sha256: str | None = None
+    size: int | None = None
+    archive_member: str | None = None
+    source: Literal["http", "gdrive"] = "http"
+    description: str = ""
+    label: str = ""
+    offered: bool = True
+
+    @property
+    def manual_url(self) -> str:
+        """A page a person can open in a browser to download the file by hand."""
+        if self.source == "gdrive":
+            return GDRIVE_VIEW_URL.format(id=self.url.split("id=", 1)[1].split("&", 1)[0])
+        return self.url
+
+
+def _sam1(model_id: str, filename: str, sha256: str, size: int, label: str) -> WeightSpec:
+    return WeightSpec(model_id, "sam", model_id, filename, f"{_SAM1_BASE}/{filename}", sha256,
+                      size, description=f"{label} (Meta)", label=label)
+
+
+def _sam2(model_id: str, sha256: str | None, size: int | None, label: str) -> WeightSpec:
+    is_21 = model_id.startswith("sam2.1")
+    base = _SAM21_BASE if is_21 else _SAM20_BASE
+    note = "Meta" if sha256 else "Meta; hash recorded on first download"
+    return WeightSpec(model_id, "sam2", model_id, f"{model_id}.pt", f"{base}/{model_id}.pt",
+                      sha256, size, description=f"{label} ({note})", label=label, offered=is_21)
+
+
+# ------------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class FamilyParts:
+    """The heavy half of a family (imports torch and the family's package).
+
+    Attributes
+    ----------
+    configs : mapping of str to config
+        Every config of the family by name (released ones and test variants).
+    build : callable
+        ``config -> nn.Module`` with random weights.
+    load : callable
+        ``(path, config or None, device) -> nn.Module``: a checkpoint file, every key and shape
+        checked (config inferred when None); raises ``CheckpointError``.
+    read : callable
+        ``path -> object``: the checkpoint as loaded (without building a model), for `detect`.
+    detect : callable
+        ``object -> bool``: whether a read checkpoint has the family's layout.
+    interactive_predictor : callable or None
+        ``(net, device, dtype) -> InteractivePredictor`` (see ``engine.interactive``).
+    stack_encoder : callable
+        ``(net, device, dtype) -> FrameEncoder`` of the embedding store.
+    """
+
+    configs: Mapping[str, Any]
+    build: Callable[[Any], nn.Module]
+    load: Callable[..., nn.Module]
+    read: Callable[[Path], Any]
+    detect: Callable[[Any], bool]
+    interactive_predictor: Callable[[nn.Module, torch.device, torch.dtype], Any] | None
+    stack_encoder: Callable[[nn.Module, torch.device, torch.dtype], Any]
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One family of models.
+
+    Attributes
+    ----------
+    name : str
+        Identifier (``"sam"``, ``"focsam"``, ``"sam2"``), also the ``family`` of its
+        `WeightSpec` entries.
+    title : str
+        Human name (``"SAM 2"``).
+    roles : frozenset of Role
+        Roles its models can play.
+    layout : str
+        Its checkpoint layout, for messages (``"a SAM 2 checkpoint ..."``).
+    checkpoints : tuple of WeightSpec
+        Released checkpoints.
+    test_configs : tuple of str
+        Tiny configs the widget offers with random weights (tests, demos).
+    load_parts : callable
+        ``() -> FamilyParts``, cached.
+    """
+
+    name: str
+    title: str
+    roles: frozenset[Role]
+    layout: str
+    checkpoints: tuple[WeightSpec, ...]
+    test_configs: tuple[str, ...]
+    load_parts: Callable[[], FamilyParts]
+
+    @property
+    def parts(self) -> FamilyParts:
+        """The configs, loaders, encoder and predictor (imported on first use)."""
+        return self.load_parts()
+
+    def can(self, role: Role | str) -> bool:
+        """Whether the family's models can play `role`."""
+        return Role(role) in self.roles
+
+    @property
+    def configs(self) -> Mapping[str, Any]:
+        return self.parts.configs
+
+    def build(self, config: Any) -> nn.Module:
+        """A model of `config` with random weights."""
+        return self.parts.build(config)
+
+    def load(self, path: str | Path, config: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+        """A model loaded from checkpoint `path` (config inferred when None)."""
+        return self.parts.load(path, config, device=device)
+
+    def read(self, path: str | Path) -> Any:
+        """Checkpoint `path` as loaded, without building a model."""
+        return self.parts.read(path)
+
+    def detect(self, checkpoint: Any) -> bool:
+        """Whether a read checkpoint has this family's layout."""
+        return bool(self.parts.detect(checkpoint))
+
+    def interactive_predictor(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+        """The engine predictor drawing objects with `net` (``engine.interactive``)."""
+        if self.parts.interactive_predictor is None:
+            raise ModelChoiceError(f"{self.title} models cannot be the interactive model")
+        return self.parts.interactive_predictor(net, device, dtype)
+
+    def stack_encoder(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
+        """The embedding store's encoder adapter of `net` (``store.encoders``)."""
+        return self.parts.stack_encoder(net, device, dtype)
+
+
+@functools.cache
+def _sam_parts() -> FamilyParts:
+    from .engine.sam_predictor import SamPredictor
+    from .models.checkpoint import read_checkpoint
+    from .models.sam import SAM_CONFIGS, build_sam, is_sam_checkpoint, load_sam
+    from .store.encoders import SamEncoder
+
+    def predictor(net, device, dtype):
+        return SamPredictor(net, device=device, encoder_dtype=dtype)
+
+    return FamilyParts(SAM_CONFIGS, build_sam, load_sam, read_checkpoint, is_sam_checkpoint,
+                       predictor, lambda net, device, dtype: SamEncoder(predictor(net, device, dtype)))
+
+
+@functools.cache
+def _focsam_parts() -> FamilyParts:
+    from .engine.focsam_predictor import FocSamPredictor
+    from .models.focsam import (
+        FOCSAM_CONFIGS,
+        build_focsam,
+        is_focsam_checkpoint,
+        load_focsam,
+        read_focsam_checkpoint,
+    )
+    from .store.encoders import SamEncoder
+
+    def predictor(net, device, dtype):
+        return FocSamPredictor(net, device=device, encoder_dtype=dtype)
+
+    return FamilyParts(FOCSAM_CONFIGS, build_focsam, load_focsam,
+                       lambda path: {"state_dict": read_focsam_checkpoint(path)},
+                       is_focsam_checkpoint, predictor,
+                       lambda net, device, dtype: SamEncoder(predictor(net, device, dtype)))
+
+
+@functools.cache
+def _sam2_parts() -> FamilyParts:
+    from .engine.sam2_image_predictor import Sam2ImagePredictor
+    from .models.checkpoint import read_checkpoint
+    from .models.sam2 import SAM2_CONFIGS, build_sam2, is_sam2_checkpoint, load_sam2
+    from .store.sam2_encoder import Sam2Encoder
+
+    return FamilyParts(
+        SAM2_CONFIGS, build_sam2, load_sam2, read_checkpoint, is_sam2_checkpoint,
+        lambda net, device, dtype: Sam2ImagePredictor(net, device=device, dtype=dtype),
+        lambda net, device, dtype: Sam2Encoder(net, device=device, encoder_dtype=dtype))
+
+
+SAM = ModelFamily(
+    name="sam", title="SAM", roles=frozenset({Role.INTERACTIVE}),
+    layout="a SAM 1 (segment-anything) state_dict with image_encoder./prompt_encoder./"
+           "mask_decoder. keys",
+    checkpoints=(
+        _sam1("sam_vit_b", "sam_vit_b_01ec64.pth",
+              "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375042383,
+              "SAM ViT-B"),
+        _sam1("sam_vit_l", "sam_vit_l_0b3195.pth",
+              "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1249524607,
+              "SAM ViT-L"),
+        _sam1("sam_vit_h", "sam_vit_h_4b8939.pth",
+              "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2564550879,
+              "SAM ViT-H"),
+    ),
+    test_configs=("sam_test_tiny",),
+    load_parts=_sam_parts,
+)
+
+FOCSAM = ModelFamily(
+    name="focsam", title="FocSAM", roles=frozenset({Role.INTERACTIVE}),
+    layout="a FocSAM mmengine checkpoint (state_dict with backbone./neck./decode_head./"
+           "refine_head. keys)",
+    checkpoints=(
+        WeightSpec("focsam_vit_h", "focsam", "focsam_vit_h", "focsam_vit_h.zip",
+                   GDRIVE_DOWNLOAD_URL.format(id=FOCSAM_GDRIVE_ID), archive_member="iter_160000.pth",
+                   source="gdrive", label="FocSAM ViT-H",
+                   description="FocSAM ViT-H (Google Drive zip; hash recorded on first download)"),
+    ),
+    test_configs=("focsam_test_tiny",),
+    load_parts=_focsam_parts,
+)
+
+SAM2 = ModelFamily(
+    name="sam2", title="SAM 2", roles=frozenset({Role.INTERACTIVE, Role.PROPAGATION}),
+    layout="a SAM 2 checkpoint ({'model': state_dict} with image_encoder.trunk. keys)",
+    checkpoints=(
+        _sam2("sam2.1_hiera_tiny",
+              "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69", 156008466,
+              "SAM 2.1 tiny"),
+        _sam2("sam2.1_hiera_small",
+              "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38", 184416285,
+              "SAM 2.1 small"),
+        _sam2("sam2.1_hiera_base_plus",
+              "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5", 323606802,
+              "SAM 2.1 base+"),
+        _sam2("sam2.1_hiera_large",
+              "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318", 898083611,
+              "SAM 2.1 large"),
+        _sam2("sam2_hiera_tiny", None, None, "SAM 2.0 tiny"),
+        _sam2("sam2_hiera_small", None, None, "SAM 2.0 small"),
+        _sam2("sam2_hiera_base_plus", None, None, "SAM 2.0 base+"),
+        _sam2("sam2_hiera_large", None, None, "SAM 2.0 large"),
+    ),
+    test_configs=("sam2_test_tiny",),
+    load_parts=_sam2_parts,
+)
+
+#: Every family by name, in the order of listings and menus.
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SAM, FOCSAM, SAM2)}
+
+
+# ------------------------------------------------------------------------------------ lookups
+def get_family(name: str) -> ModelFamily:
+    """The family called `name`.
+
+    Raises
+    ------
+    ModelChoiceError
+        No such family.
+    """
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ModelChoiceError(f"unknown family {name!r}; expected one of "
+                               f"{', '.join(FAMILIES)}") from None
+
+
+def _released() -> Mapping[str, WeightSpec]:
+    from .weights.registry import WEIGHTS  # looked up at call time (tests patch it)
+
+    return WEIGHTS
+
+
+def known_model_ids() -> tuple[str, ...]:
+    """Every registry id and config name, sorted (imports the families' configs)."""
+    names = set(_released())
+    for family in FAMILIES.values():
+        names.update(family.configs)
+    return tuple(sorted(names))
+
+
+def family_of(model_id: str) -> ModelFamily:
+    """The family of a registry id or config name.
+
+    Raises
+    ------
+    UnknownModelError
+        Neither a registry id nor a config name.
+    """
+    spec = _released().get(model_id)
+    if spec is not None:
+        return get_family(spec.family)
+    for family in FAMILIES.values():
+        if model_id in family.configs:
+            return family
+    raise UnknownModelError(model_id, known_model_ids())
+
+
+def config_of(model_id: str) -> Any:
+    """The config of a registry id or config name (see `family_of` for the errors)."""
+    family = family_of(model_id)
+    spec = _released().get(model_id)
+    return family.configs[spec.config if spec is not None else model_id]
+
+
+def model_menu(role: Role | str, *, with_test_configs: bool = False) -> list[tuple[str, str]]:
+    """``(label, model id)`` of the offered checkpoints of the families that can play `role`,
+    followed by their tiny test configs when `with_test_configs`."""
+    role = Role(role)
+    families = [f for f in FAMILIES.values() if f.can(role)]
+    menu = [(spec.label or spec.id, spec.id)
+            for f in families for spec in f.checkpoints if spec.offered]
+    if with_test_configs:
+        menu += [(f"{f.title} test-{name.rsplit('_test_', 1)[-1]}", name)
+                 for f in families for name in f.test_configs]
+    return menu
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def detect_family(checkpoint: Any) -> ModelFamily | None:
+    """The family whose layout a read checkpoint has, or None."""
+    for family in FAMILIES.values():
+        if family.detect(checkpoint):
+            return family
+    return None
+
+
+def expect_family(checkpoint: Any, family: ModelFamily, source: object) -> None:
+    """Raise ``CheckpointError`` unless a read checkpoint has `family`'s layout.
+
+    The message says what the file is instead (another family's layout, or none).
+    """
+    if family.detect(checkpoint):
+        return
+    from .models.checkpoint import CheckpointError
+
+    found = detect_family(checkpoint)
+    what = found.layout if found is not None else "a file of no known model family"
+    raise CheckpointError(f"{source} is {what}; expected {family.layout}.")
