@@ -4,7 +4,7 @@ Run from the repository root with the project's environment::
 
     .venv/bin/python sample_data/make_samples.py
 
-The data come from the fixed-seed generators in :mod:`napari_focsam._sample_data`
+The data come from the fixed-seed generators in :mod:`napari_focsam.samples`
 (`synthetic_nuclei_2d`, `synthetic_cell_timelapse`, `synthetic_nuclei_volume`), the same
 functions behind napari's File › Open Sample › napari-focsam entries.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_focsam._sample_data import (
+from napari_focsam.samples import (
     synthetic_cell_timelapse,
     synthetic_nuclei_2d,
     synthetic_nuclei_volume,

@@ -33,7 +33,7 @@ def test_bench_sam_prints_table_and_writes_json(tmp_path, capsys):
 def test_unknown_model_is_a_clear_error(capsys):
     assert main(["bench", "sam", "--model", "sam_vit_z"]) == 2
     err = capsys.readouterr().err
-    assert "unknown SAM config 'sam_vit_z'" in err and "sam_vit_b" in err
+    assert "unknown model 'sam_vit_z'" in err and "sam_vit_b" in err
 
 
 def test_unknown_dtype_is_a_clear_error(capsys):
@@ -78,7 +78,7 @@ def test_bench_focsam_prints_table_and_writes_json(tmp_path, capsys):
 
 def test_bench_focsam_unknown_model_is_a_clear_error(capsys):
     assert main(["bench", "focsam", "--model", "focsam_vit_z"]) == 2
-    assert "unknown FocSAM config 'focsam_vit_z'" in capsys.readouterr().err
+    assert "unknown model 'focsam_vit_z'" in capsys.readouterr().err
 
 
 def test_bench_all_quick_writes_json_and_markdown(tmp_path, capsys):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from skimage.measure import label as connected_components
 
-from napari_focsam._sample_data import make_sample_nuclei_2d, synthetic_nuclei_2d
+from napari_focsam.samples import make_sample_nuclei_2d, synthetic_nuclei_2d
 
 PLUGIN = "napari-focsam"
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "sample_data"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.measure import label as connected_components
 
-from napari_focsam._sample_data import (
+from napari_focsam.samples import (
     make_sample_cell_timelapse,
     make_sample_nuclei_3d,
     synthetic_cell_timelapse,

@@ -17,7 +17,7 @@ import os
 import threading
 from pathlib import Path
 
-__all__ = ["ENV_LOG_FILE", "Cancelled", "FocSamError", "UserError", "log_file",
+__all__ = ["ENV_LOG_FILE", "Cancelled", "FocSamError", "MissingFileError", "UserError", "log_file",
            "report_internal_error"]
 
 logger = logging.getLogger("napari_focsam")
@@ -34,6 +34,10 @@ class FocSamError(Exception):
 
 class UserError(FocSamError):
     """A problem with what the user gave or chose; the message says what and how to fix it."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
 
 
 class Cancelled(FocSamError):

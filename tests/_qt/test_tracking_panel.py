@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_focsam._qt.tracking_panel import TRACKS_NAME, TrackingPanel
-from napari_focsam._sample_data import synthetic_cell_timelapse
+from napari_focsam.samples import synthetic_cell_timelapse
 from napari_focsam.tracking import read_ctc_tracks
 
 pytestmark = pytest.mark.gui

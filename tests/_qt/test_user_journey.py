@@ -72,7 +72,7 @@ class OracleTracker:
 
 def test_open_click_commit_propagate_correct_track_divide_export(make_widget, qtbot, monkeypatch,
                                                                  tmp_path):
-    from napari_focsam._sample_data import make_sample_cell_timelapse
+    from napari_focsam.samples import make_sample_cell_timelapse
 
     (image_data, _, _), (truth, _, _), _ = make_sample_cell_timelapse()
     truth = np.asarray(truth)

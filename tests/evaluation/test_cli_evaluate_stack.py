@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_focsam._sample_data import synthetic_cell_timelapse
+from napari_focsam.samples import synthetic_cell_timelapse
 from napari_focsam.cli import main
 from napari_focsam.evaluation.stack_prompts import prompts_from_ground_truth
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_focsam._sample_data import synthetic_cell_timelapse, synthetic_nuclei_volume
+from napari_focsam.samples import synthetic_cell_timelapse, synthetic_nuclei_volume
 from napari_focsam.evaluation.stack import evaluate_stack, write_stack_report
 
 

@@ -215,7 +215,7 @@ def test_export_ctc_ground_truth_names_and_round_trip(tmp_path, gap_stack):
 
 
 def test_export_ctc_round_trip_of_the_sample_timelapse(tmp_path):
-    from napari_focsam._sample_data import synthetic_cell_timelapse
+    from napari_focsam.samples import synthetic_cell_timelapse
 
     _, labels, lineage = synthetic_cell_timelapse(n_frames=8, shape=(96, 128), n_cells=3, seed=3,
                                                   n_divisions=1)

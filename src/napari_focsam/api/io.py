@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["InputError", "open_image", "write_labels_tiff"]
 
 logger = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An input file that cannot be read as an image or stack."""
 
 

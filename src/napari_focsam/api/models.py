@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..engine.precision import resolve_device, resolve_encoder_dtype
+from ..errors import MissingFileError
 from ..families import ModelChoiceError, ModelFamily, Role, config_of, family_of
 
 __all__ = ["RANDOM_WEIGHTS", "LoadedModel", "load_model"]
@@ -145,7 +146,7 @@ def load_model(
         else:
             path = Path(weights)
             if not path.is_file():
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
+                raise MissingFileError(f"checkpoint {path} does not exist")
         net = family.load(Path(path), config, device=dev)
         source = str(path)
     net.eval()

@@ -37,10 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MissingFileError, UserError
+
 __all__ = ["ObjectPrompt", "PromptsFileError", "group_prompts", "read_prompts"]
 
 
-class PromptsFileError(ValueError):
+class PromptsFileError(UserError, ValueError):
     """A prompts file that cannot be read: missing columns, bad values, unknown kinds."""
 
 
@@ -251,7 +253,7 @@ def read_prompts(path: str | Path) -> list[ObjectPrompt]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
+        raise MissingFileError(f"prompts file {path} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

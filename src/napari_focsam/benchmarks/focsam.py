@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..engine.precision import autocast_context, resolve_device, resolve_encoder_dtype
+from ..families import UnknownModelError
 from ..models.focsam import FOCSAM_CONFIGS, FocSamConfig, FocusRefiner
 from ..models.sam import SamModel
 from .timing import Timing, machine_info, peak_rss_mib, time_call
@@ -101,7 +102,7 @@ def run_refiner_benchmark(
         refined embeddings + postprocess); ``peak_rss_mib``.
     """
     if model not in FOCSAM_CONFIGS:
-        raise KeyError(f"unknown FocSAM config {model!r}; choose from {sorted(FOCSAM_CONFIGS)}")
+        raise UnknownModelError(model, tuple(sorted(FOCSAM_CONFIGS)))
     dev = resolve_device(device)
     names = tuple(dtypes)
     resolved = {name: resolve_encoder_dtype(dev, name) for name in names}

@@ -13,6 +13,7 @@ import torch
 
 from ..engine.precision import autocast_context, resolve_device, resolve_encoder_dtype
 from ..engine.sam_predictor import SamPredictor
+from ..families import UnknownModelError
 from ..models.sam import SAM_CONFIGS, build_sam
 from .timing import machine_info, peak_rss_mib, time_call
 
@@ -52,7 +53,7 @@ def run_sam_benchmark(
         ``click`` (single-mask and multimask: min/median seconds), ``peak_rss_mib``.
     """
     if model not in SAM_CONFIGS:
-        raise KeyError(f"unknown SAM config {model!r}; choose from {sorted(SAM_CONFIGS)}")
+        raise UnknownModelError(model, tuple(sorted(SAM_CONFIGS)))
     torch.manual_seed(seed)
     dev = resolve_device(device)
     net = build_sam(SAM_CONFIGS[model]).to(dev)

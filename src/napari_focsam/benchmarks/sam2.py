@@ -30,9 +30,10 @@ from ..engine.frame_features import StackFeatures
 from ..engine.precision import autocast_context, resolve_device, resolve_encoder_dtype
 from ..engine.propagation import VideoPropagator
 from ..engine.propagation_state import PropagationOptions
+from ..families import UnknownModelError
 from ..models.sam2.config import SAM2_CONFIGS, Sam2Config
 from ..models.sam2.model import Sam2Model, build_sam2
-from .timing import machine_info, peak_rss_mib
+from .timing import BenchmarkError, machine_info, peak_rss_mib
 
 __all__ = [
     "DiscStack",
@@ -109,7 +110,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 def _build(model_name: str, image_size: int | None, device: torch.device, seed: int) -> Sam2Model:
     if model_name not in SAM2_CONFIGS:
-        raise KeyError(f"unknown SAM 2 config {model_name!r}; choose from {sorted(SAM2_CONFIGS)}")
+        raise UnknownModelError(model_name, tuple(sorted(SAM2_CONFIGS)))
     config: Sam2Config = SAM2_CONFIGS[model_name]
     if image_size is not None:
         config = config.replace(image_size=int(image_size))
@@ -175,9 +176,9 @@ def run_sam2_benchmark(
         ``peak_rss_mib``.
     """
     if frames < 2:
-        raise ValueError(f"frames must be at least 2 (one prompted, one tracked), got {frames}")
+        raise BenchmarkError(f"frames must be at least 2 (one prompted, one tracked), got {frames}")
     if not objects or min(objects) < 1:
-        raise ValueError(f"objects must be positive counts, got {tuple(objects)}")
+        raise BenchmarkError(f"objects must be positive counts, got {tuple(objects)}")
     dev = resolve_device(device)
     with _torch_threads(threads):
         net = _build(model_name, image_size, dev, seed)
@@ -388,7 +389,7 @@ def run_memory_benchmark(
         ``peak_rss_mib``.
     """
     if frames < 2 * sample_every:
-        raise ValueError(f"frames ({frames}) must cover at least two samples of {sample_every}")
+        raise BenchmarkError(f"frames ({frames}) must cover at least two samples of {sample_every}")
     dev = resolve_device(device)
     with _torch_threads(threads):
         net = _build(model_name, image_size, dev, seed)

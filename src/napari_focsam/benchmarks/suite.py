@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .timing import machine_info
+from .timing import BenchmarkError, machine_info
 
 __all__ = ["SuiteStep", "run_suite", "suite_markdown"]
 
@@ -97,7 +97,7 @@ def run_suite(out_dir: str | Path, *, quick: bool = False, device: str = "cpu",
     if only:
         unknown = set(only) - {name for name, *_ in plan}
         if unknown:
-            raise ValueError(f"unknown benchmarks {sorted(unknown)}; choose from "
+            raise BenchmarkError(f"unknown benchmarks {sorted(unknown)}; choose from "
                              f"{[name for name, *_ in plan]}")
         plan = [step for step in plan if step[0] in only]
     out = Path(out_dir)

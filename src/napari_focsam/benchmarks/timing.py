@@ -1,4 +1,4 @@
-"""Timing and memory helpers shared by the benchmarks."""
+"""Timing and memory helpers shared by the benchmarks, and their settings error."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+
+from ..errors import UserError
+
+
+class BenchmarkError(UserError, ValueError):
+    """Benchmark settings that cannot be run (unknown benchmark, too few frames...)."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DatasetError", "decode_object_mask", "read_image", "read_mask", "read_sbd_instances"]
+from ..errors import UserError
+
+__all__ = ["DatasetError", "check_header_size", "check_pair_headers", "decode_object_mask", "read_image",
+           "read_mask", "read_sbd_instances"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset folder that is missing, has an unknown layout, no samples or bad files."""
 
 
@@ -127,7 +130,7 @@ def decode_object_mask(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
     return gt, (ignore if ignore.any() else None)
 
 
-def _check_header_size(image: Path, mask_hw: tuple[int, ...], mask: Path) -> None:
+def check_header_size(image: Path, mask_hw: tuple[int, ...], mask: Path) -> None:
     """Compare sizes when the image header tells it cheaply (PIL formats)."""
     hw = _header_hw(image)
     if hw is not None and hw != tuple(mask_hw):
@@ -147,8 +150,8 @@ def _header_hw(path: Path) -> tuple[int, int] | None:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
 
 
-def _check_pair_headers(image: Path, mask: Path) -> None:
+def check_pair_headers(image: Path, mask: Path) -> None:
     """Compare sizes when both headers tell them cheaply (PIL formats)."""
     mask_hw = _header_hw(mask)
     if mask_hw is not None:
-        _check_header_size(image, mask_hw, mask)
+        check_header_size(image, mask_hw, mask)

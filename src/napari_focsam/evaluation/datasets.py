@@ -50,8 +50,8 @@ import numpy as np
 
 from .dataset_files import (
     DatasetError,
-    _check_header_size,
-    _check_pair_headers,
+    check_header_size,
+    check_pair_headers,
     decode_object_mask,
     read_image,
     read_mask,
@@ -276,7 +276,7 @@ def _list_sbd(root: Path) -> Iterator[SampleRef]:
             logger.warning("SBD: no image for %s", mat.name)
             continue
         seg = read_sbd_instances(mat)
-        _check_header_size(image, seg.shape, mat)
+        check_header_size(image, seg.shape, mat)
         for label in np.unique(seg):
             if label not in (0, 255):
                 yield SampleRef(f"{mat.stem}#{int(label):03d}", image, mat, "sbd", int(label))
@@ -328,7 +328,7 @@ def _list_folder(root: Path) -> Iterator[SampleRef]:
             logger.warning("no mask for %s in %s", image.name, masks)
             continue
         values = read_mask(mask)
-        _check_header_size(image, values.shape, mask)
+        check_header_size(image, values.shape, mask)
         labels = [int(v) for v in np.unique(values) if v != 0]
         if len(labels) == 1:
             yield SampleRef(image.stem, image, mask, "label", labels[0])
@@ -383,7 +383,7 @@ def open_dataset(name: str, root: str | Path, *, limit: int | None = None) -> Da
     refs: list[SampleRef] = []
     for ref in DATASETS[kind](root):
         if ref.decode in ("object", "binary"):
-            _check_pair_headers(ref.image_path, ref.mask_path)
+            check_pair_headers(ref.image_path, ref.mask_path)
         refs.append(ref)
         if limit is not None and len(refs) >= limit:
             break

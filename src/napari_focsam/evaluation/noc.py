@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .clicker import Click, next_click
+from .dataset_files import DatasetError
 
 if TYPE_CHECKING:
     from ..engine.interactive import InteractivePredictor
@@ -159,13 +160,14 @@ def evaluate_sample(
     gt = np.asarray(gt, dtype=bool)
     image = np.asarray(image)
     if gt.ndim != 2 or image.shape[:2] != gt.shape:
-        raise ValueError(f"image {image.shape} and mask {gt.shape} do not match")
+        raise DatasetError(f"sample {name!r}: image {image.shape} and mask {gt.shape} do not match")
     if ignore is not None:
         ignore = np.asarray(ignore, dtype=bool)
         if ignore.shape != gt.shape:
-            raise ValueError(f"ignore mask {ignore.shape} does not match the mask {gt.shape}")
+            raise DatasetError(f"sample {name!r}: ignore mask {ignore.shape} does not match the "
+                               f"mask {gt.shape}")
     if not np.any(gt if ignore is None else gt & ~ignore):
-        raise ValueError(f"sample {name!r}: the object mask is empty")
+        raise DatasetError(f"sample {name!r}: the object mask is empty")
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(0 if rng is None else rng)
     thresholds = tuple(float(t) for t in iou_thresholds)

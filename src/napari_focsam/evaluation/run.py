@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import Dataset, open_dataset
+from .datasets import Dataset, DatasetError, open_dataset
 from .noc import DEFAULT_THRESHOLDS, SampleResult, evaluate_sample, noc_label, summarize
 
 __all__ = ["NocProgress", "NocReport", "drain", "run_noc"]
@@ -234,7 +234,7 @@ def run_noc(
             mid, w, data, device=device, dtype=dtype, offline=offline, seed=seed,
             max_clicks=max_clicks, thresholds=thresholds, counter=counter, total=total)
         if not results:
-            raise ValueError(f"every sample of {data.root} has an empty object")
+            raise DatasetError(f"every sample of {data.root} has an empty object")
         summaries.append(_model_summary(loaded, results))
         per_model.append((mid, results))
         del loaded

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset_files import DatasetError
+
 __all__ = ["ObjectScore", "StackScore", "evaluate_stack", "write_stack_report"]
 
 logger = logging.getLogger(__name__)
@@ -85,14 +87,14 @@ class StackScore:
 def _check(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+        raise DatasetError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     if pred.ndim < 3:
-        raise ValueError(f"label stacks are (T, H, W) or (T, Z, H, W), got shape {pred.shape}")
+        raise DatasetError(f"label stacks are (T, H, W) or (T, Z, H, W), got shape {pred.shape}")
     for name, a in (("prediction", pred), ("ground truth", gt)):
         if a.dtype.kind not in "iu":
-            raise ValueError(f"{name} labels must be integers, got {a.dtype}")
+            raise DatasetError(f"{name} labels must be integers, got {a.dtype}")
         if a.size and a.min() < 0:
-            raise ValueError(f"{name} labels must be >= 0")
+            raise DatasetError(f"{name} labels must be >= 0")
     return pred, gt
 
 

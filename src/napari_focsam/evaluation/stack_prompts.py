@@ -8,6 +8,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from ..api.prompts_file import ObjectPrompt
+from .dataset_files import DatasetError
 
 __all__ = ["prompts_from_ground_truth"]
 
@@ -29,7 +30,7 @@ def prompts_from_ground_truth(gt: np.ndarray, where: str = "largest") -> list[Ob
     """
     gt = np.asarray(gt)
     if gt.ndim != 3:
-        raise ValueError(f"ground truth must be (T, H, W), got shape {gt.shape}")
+        raise DatasetError(f"ground truth must be (T, H, W), got shape {gt.shape}")
     if where not in ("largest", "first"):
         raise ValueError(f"where must be 'largest' or 'first', got {where!r}")
     prompts = []

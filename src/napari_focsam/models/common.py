@@ -151,3 +151,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             scores += bias
         torch.bmm(torch.softmax(scores, dim=-1), vv, out=out[:, rows])
     return out.view(b, h, nq, -1)
+
+
+def conv_transpose_2x2_channels_last(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
+    """A kernel-2, stride-2 transposed convolution as one matmul, channels last.
+
+    The kernel windows do not overlap, so each input pixel produces its own 2 x 2 output block.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``B x H x W x Cin``.
+    conv : nn.ConvTranspose2d
+        Weight ``Cin x Cout x 2 x 2`` and bias ``Cout``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``B x H x W x 2 x 2 x Cout``: output pixel ``(2i + di, 2j + dj)`` at ``[:, i, j, di, dj]``.
+    """
+    cin, cout = conv.weight.shape[:2]
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # Cin x (di, dj, Cout)
+    y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
+    return y.view(*x.shape[:3], 2, 2, cout)

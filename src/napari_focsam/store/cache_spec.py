@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+
 __all__ = [
     "ATTRS_KEY",
     "ENV_CACHE_DIR",
@@ -30,7 +32,7 @@ DISK_DTYPES = ("float32", "float16")
 RESERVED_NAMES = ("done", "crc")
 
 
-class CacheError(Exception):
+class CacheError(UserError):
     """Base class of the disk cache's errors."""
 
 

@@ -12,12 +12,13 @@ Pure numpy (tifffile for writing); no Qt, no napari, no torch at import.
 
 from .ctc import export_ctc, export_labels_tiff, read_ctc_tracks, split_gaps
 from .division import DivisionError, divide_object
-from .table import TrackTable, label_frames
+from .table import TrackingError, TrackTable, label_frames
 from .tracks import lineage_graph, tracks_from_labels
 
 __all__ = [
     "DivisionError",
     "TrackTable",
+    "TrackingError",
     "divide_object",
     "export_ctc",
     "export_labels_tiff",

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .table import TrackTable, _check_label_stack, label_frames
+from ..errors import MissingFileError
+from .table import TrackingError, TrackTable, check_label_stack, label_frames
 
 __all__ = ["export_ctc", "export_labels_tiff", "read_ctc_tracks", "split_gaps"]
 
@@ -67,7 +68,7 @@ def split_gaps(
     ValueError
         Bad `labels` (see `label_frames`).
     """
-    labels = _check_label_stack(labels)
+    labels = check_label_stack(labels)
     frames = label_frames(labels)
     source = table if table is not None else TrackTable()
     out = source.restricted_to(frames)
@@ -166,11 +167,11 @@ def export_ctc(
         raise FileExistsError(f"{out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
-    labels = _check_label_stack(labels, min_ndim=3)
+    labels = check_label_stack(labels, min_ndim=3)
     labels, tracks = split_gaps(labels, table)
     tracks.validate()
     if tracks.ids and tracks.ids[-1] > _UINT16_MAX:
-        raise ValueError(f"CTC masks are uint16; track id {tracks.ids[-1]} does not fit")
+        raise TrackingError(f"CTC masks are uint16; track id {tracks.ids[-1]} does not fit")
 
     prefix, txt_name = _NAMES[kind]
     digits = 3 if labels.shape[0] < 1000 else 4
@@ -230,7 +231,7 @@ def read_ctc_tracks(path: str | Path) -> TrackTable:
     if path.is_dir():
         candidates = [path / name for _, name in _NAMES.values() if (path / name).is_file()]
         if not candidates:
-            raise FileNotFoundError(f"{path} holds neither res_track.txt nor man_track.txt")
+            raise MissingFileError(f"{path} holds neither res_track.txt nor man_track.txt")
         path = candidates[0]
     rows = []
     for number, line in enumerate(path.read_text(encoding="ascii").splitlines(), start=1):
@@ -242,7 +243,8 @@ def read_ctc_tracks(path: str | Path) -> TrackTable:
                 raise ValueError
             rows.append([int(f) for f in fields])
         except ValueError:
-            raise ValueError(f"{path}:{number}: expected 'L B E P' (four integers), got {line!r}") from None
+            raise TrackingError(f"{path}:{number}: expected 'L B E P' (four integers), got {line!r}") \
+                from None
     return TrackTable.from_rows(rows)
 
 

@@ -15,14 +15,14 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from .table import TrackTable
+from .table import TrackingError, TrackTable
 
 __all__ = ["DivisionError", "divide_object"]
 
 logger = logging.getLogger(__name__)
 
 
-class DivisionError(ValueError):
+class DivisionError(TrackingError):
     """A division that cannot be done (no such object on the frame, too small to split...)."""
 
 

@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["TrackTable", "label_frames"]
+from ..errors import UserError
+
+__all__ = ["TrackTable", "TrackingError", "check_label_stack", "label_frames"]
+
+
+class TrackingError(UserError, ValueError):
+    """Labels, a lineage or a tracking action that cannot be used (the message says why)."""
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +35,10 @@ def label_frames(labels: np.ndarray) -> dict[int, np.ndarray]:
 
     Raises
     ------
-    ValueError
+    TrackingError
         If `labels` is not an integer array of at least 2 dimensions or holds negative ids.
     """
-    labels = _check_label_stack(labels)
+    labels = check_label_stack(labels)
     present: dict[int, list[int]] = {}
     for t in range(labels.shape[0]):
         for label_id in np.unique(labels[t]):
@@ -41,14 +47,15 @@ def label_frames(labels: np.ndarray) -> dict[int, np.ndarray]:
     return {k: np.asarray(present[k], dtype=np.int64) for k in sorted(present)}
 
 
-def _check_label_stack(labels: np.ndarray, min_ndim: int = 2) -> np.ndarray:
+def check_label_stack(labels: np.ndarray, min_ndim: int = 2) -> np.ndarray:
+    """`labels` as an array of non-negative integer ids with at least `min_ndim` axes."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be an integer array, got {labels.dtype}")
+        raise TrackingError(f"labels must be an integer array, got {labels.dtype}")
     if labels.ndim < min_ndim:
-        raise ValueError(f"labels must be a stack with time first (T x H x W), got shape {labels.shape}")
+        raise TrackingError(f"labels must be a stack with time first (T x H x W), got shape {labels.shape}")
     if labels.size and labels.dtype.kind == "i" and labels.min() < 0:
-        raise ValueError("labels must not hold negative ids")
+        raise TrackingError("labels must not hold negative ids")
     return labels
 
 
@@ -125,17 +132,17 @@ class TrackTable:
 
         Raises
         ------
-        ValueError
+        TrackingError
             A row without 4 entries, or a label id given twice.
         """
         table = cls()
         for row in rows:
             values = [int(v) for v in row]
             if len(values) != 4:
-                raise ValueError(f"a track row needs 4 values (L B E P), got {values}")
+                raise TrackingError(f"a track row needs 4 values (L B E P), got {values}")
             label_id, begin, end, parent = values
             if label_id in table.begin:
-                raise ValueError(f"track {label_id} is listed twice")
+                raise TrackingError(f"track {label_id} is listed twice")
             table.begin[label_id] = begin
             table.end[label_id] = end
             if parent:
@@ -196,7 +203,7 @@ class TrackTable:
 
         Raises
         ------
-        ValueError
+        TrackingError
             Unknown parent, a parent that begins at or after `frame`, a parent that already
             divided, bad daughter ids, or a daughter that already exists with another begin
             frame or another parent.
@@ -204,21 +211,21 @@ class TrackTable:
         parent, frame = int(parent), int(frame)
         daughters = tuple(int(d) for d in daughters)
         if len(daughters) != 2 or daughters[0] == daughters[1]:
-            raise ValueError(f"a division needs two distinct daughter ids, got {daughters}")
+            raise TrackingError(f"a division needs two distinct daughter ids, got {daughters}")
         if parent not in self.begin:
-            raise ValueError(f"no track {parent} to divide")
+            raise TrackingError(f"no track {parent} to divide")
         if self.begin[parent] >= frame:
-            raise ValueError(f"track {parent} begins at frame {self.begin[parent]}; it cannot "
+            raise TrackingError(f"track {parent} begins at frame {self.begin[parent]}; it cannot "
                              f"divide at frame {frame}")
         if self.children_of(parent):
-            raise ValueError(f"track {parent} already divided into {self.children_of(parent)}")
+            raise TrackingError(f"track {parent} already divided into {self.children_of(parent)}")
         for d in daughters:
             if d <= 0 or d == parent:
-                raise ValueError(f"bad daughter id {d} for parent {parent}")
+                raise TrackingError(f"bad daughter id {d} for parent {parent}")
             if d in self.begin and self.begin[d] != frame:
-                raise ValueError(f"daughter {d} begins at frame {self.begin[d]}, not {frame}")
+                raise TrackingError(f"daughter {d} begins at frame {self.begin[d]}, not {frame}")
             if self.parents.get(d, parent) != parent:
-                raise ValueError(f"daughter {d} already has parent {self.parents[d]}")
+                raise TrackingError(f"daughter {d} already has parent {self.parents[d]}")
         self.end[parent] = frame - 1
         for d in daughters:
             self.begin[d] = frame
@@ -239,20 +246,20 @@ class TrackTable:
 
         Raises
         ------
-        ValueError
+        TrackingError
             Naming the first track that breaks a rule.
         """
         for track_id in self.ids:
             if track_id <= 0:
-                raise ValueError(f"track ids must be positive, got {track_id}")
+                raise TrackingError(f"track ids must be positive, got {track_id}")
             begin, end = self.begin[track_id], self.end.get(track_id)
             if end is None or begin < 0 or end < begin:
-                raise ValueError(f"track {track_id}: bad frame range {begin} .. {end}")
+                raise TrackingError(f"track {track_id}: bad frame range {begin} .. {end}")
         for child, parent in self.parents.items():
             if parent not in self.begin:
-                raise ValueError(f"track {child}: parent {parent} is not a track")
+                raise TrackingError(f"track {child}: parent {parent} is not a track")
             if self.end[parent] >= self.begin[child]:
-                raise ValueError(f"track {child} begins at frame {self.begin[child]} but its parent "
+                raise TrackingError(f"track {child} begins at frame {self.begin[child]} but its parent "
                                  f"{parent} ends at frame {self.end[parent]}")
 
     def to_rows(self) -> np.ndarray:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .table import TrackTable, _check_label_stack
+from .table import TrackingError, TrackTable, check_label_stack
 
 __all__ = ["lineage_graph", "tracks_from_labels"]
 
@@ -46,7 +46,7 @@ def lineage_graph(lineage: LineageLike | None) -> dict[int, list[int]]:
     if rows.size == 0:
         return {}
     if rows.ndim != 2 or rows.shape[1] != 4:
-        raise ValueError(f"lineage rows must be N x 4 (L B E P), got shape {rows.shape}")
+        raise TrackingError(f"lineage rows must be N x 4 (L B E P), got shape {rows.shape}")
     return {int(r[0]): [int(r[3])] for r in sorted(rows.tolist()) if r[3]}
 
 
@@ -79,7 +79,7 @@ def tracks_from_labels(
     ValueError
         If `labels` is not an integer array of at least 2 dimensions or holds negative ids.
     """
-    labels = _check_label_stack(labels, min_ndim=3)
+    labels = check_label_stack(labels, min_ndim=3)
     n_spatial = labels.ndim - 1
     rows: list[np.ndarray] = []
     for t in range(labels.shape[0]):

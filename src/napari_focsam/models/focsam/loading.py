@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...errors import MissingFileError
 from ...families import FOCSAM, detect_family, expect_family
 from ..checkpoint import CheckpointError, build_and_load, tensor_keys
 from .config import FOCSAM_CONFIGS, FocSamConfig
@@ -173,7 +174,7 @@ def _listing(items: list[str]) -> str:
 def _read_head(path: Path, source: str) -> bytes:
     """First bytes of ``path`` after checking it is a non-empty torch file or zip archive."""
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {source}")
+        raise MissingFileError(f"checkpoint file not found: {source}")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{source} is empty (0 bytes): an interrupted download?")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import MLP, LayerNorm2d
+from ..common import MLP, LayerNorm2d, conv_transpose_2x2_channels_last
 from .config import MaskDecoderConfig
 from .transformer import TwoWayTransformer
 
@@ -115,29 +115,6 @@ class MaskDecoder(nn.Module):
         return MaskDecoderOutput(masks[:, chosen], iou[:, chosen], mask_tokens_out)
 
 
-def _conv_transpose_2x2_channels_last(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
-    """A kernel-2, stride-2 transposed convolution as one matmul, channels last.
-
-    The kernel windows do not overlap, so each input pixel produces its own 2 x 2 output block.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``B x H x W x Cin``.
-    conv : nn.ConvTranspose2d
-        Weight ``Cin x Cout x 2 x 2`` and bias ``Cout``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``B x H x W x 2 x 2 x Cout``: output pixel ``(2i + di, 2j + dj)`` at ``[:, i, j, di, dj]``.
-    """
-    cin, cout = conv.weight.shape[:2]
-    weight = conv.weight.permute(0, 2, 3, 1).reshape(cin, 4 * cout)  # Cin x (di, dj, Cout)
-    y = torch.addmm(conv.bias.repeat(4), x.reshape(-1, cin), weight)
-    return y.view(*x.shape[:3], 2, 2, cout)
-
-
 def upscale_and_project(tokens: torch.Tensor, upscaling: nn.Sequential,
                         hyper: torch.Tensor) -> torch.Tensor:
     """SAM's 4x mask upscaling followed by the hypernetwork dot products.
@@ -162,10 +139,10 @@ def upscale_and_project(tokens: torch.Tensor, upscaling: nn.Sequential,
     """
     b, h, w, _ = tokens.shape
     up1, norm1, act1, up2, act2 = upscaling
-    x = _conv_transpose_2x2_channels_last(tokens, up1)  # B x H x W x 2 x 2 x C1
+    x = conv_transpose_2x2_channels_last(tokens, up1)  # B x H x W x 2 x 2 x C1
     x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, -1)  # B x 2H x 2W x C1
     x = act1(F.layer_norm(x, x.shape[-1:], norm1.weight, norm1.bias, norm1.eps))
-    x = act2(_conv_transpose_2x2_channels_last(x, up2))  # B x 2H x 2W x 2 x 2 x C2
+    x = act2(conv_transpose_2x2_channels_last(x, up2))  # B x 2H x 2W x 2 x 2 x C2
     m = hyper.shape[1]
     logits = x.reshape(b, -1, x.shape[-1]) @ hyper.transpose(1, 2)  # B x (2H 2W 2 2) x M
     logits = logits.view(b, 2 * h, 2 * w, 2, 2, m).permute(0, 5, 1, 3, 2, 4)

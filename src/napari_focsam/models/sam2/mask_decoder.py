@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import MLP, LayerNorm2d
-from ..sam.mask_decoder import _conv_transpose_2x2_channels_last
+from ..common import MLP, LayerNorm2d, conv_transpose_2x2_channels_last
 from ..sam.transformer import TwoWayTransformer
 
 logger = logging.getLogger(__name__)
@@ -276,13 +275,13 @@ class Sam2MaskDecoder(nn.Module):
         b = keys.shape[0]
         h, w = hw
         dc1, ln1, act1, dc2, act2 = self.output_upscaling
-        x = _conv_transpose_2x2_channels_last(keys.reshape(b, h, w, -1), dc1)  # B x H x W x 2 x 2 x C1
+        x = conv_transpose_2x2_channels_last(keys.reshape(b, h, w, -1), dc1)  # B x H x W x 2 x 2 x C1
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, -1)  # B x 2H x 2W x C1
         if high_res_features is not None:
             feat_s0, feat_s1 = high_res_features
             x = x + feat_s1.permute(0, 2, 3, 1)
         x = act1(F.layer_norm(x, x.shape[-1:], ln1.weight, ln1.bias, ln1.eps))
-        x = _conv_transpose_2x2_channels_last(x, dc2)  # B x 2H x 2W x 2 x 2 x C2
+        x = conv_transpose_2x2_channels_last(x, dc2)  # B x 2H x 2W x 2 x 2 x C2
         if high_res_features is not None:
             n, c2 = feat_s0.shape[:2]
             # N x C2 x 4H x 4W -> N x 2H x 2W x 2 x 2 x C2 (same pixel order as x)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from skimage.filters import gaussian
 
-from ._sample_common import LayerDataTuple, _contrast_limits
+from .common import LayerDataTuple, contrast_limits
 
 logger = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def make_sample_cell_timelapse() -> list[LayerDataTuple]:
     tracks, graph = tracks_from_labels(labels, lineage)
     return [
         (images, {"name": "cell_timelapse", "colormap": "green",
-                  "contrast_limits": _contrast_limits(images)}, "image"),
+                  "contrast_limits": contrast_limits(images)}, "image"),
         (labels, {"name": "cell_timelapse ground truth"}, "labels"),
         (tracks, {"name": "cell_timelapse ground truth tracks", "graph": graph, "tail_length": 8},
          "tracks"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from skimage.filters import gaussian
 
-from ._sample_common import LayerDataTuple, _contrast_limits
+from .common import LayerDataTuple, contrast_limits
 
 
 def synthetic_nuclei_volume(
@@ -115,6 +115,6 @@ def make_sample_nuclei_3d() -> list[LayerDataTuple]:
     volume, labels = synthetic_nuclei_volume()
     return [
         (volume, {"name": "nuclei_3d", "colormap": "gray",
-                  "contrast_limits": _contrast_limits(volume)}, "image"),
+                  "contrast_limits": contrast_limits(volume)}, "image"),
         (labels, {"name": "nuclei_3d ground truth"}, "labels"),
     ]

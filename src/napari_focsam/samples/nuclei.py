@@ -1,14 +1,4 @@
-"""Synthetic sample data for napari's File › Open Sample menu.
-
-The images are generated on the fly from a fixed seed, so they are identical on every call and
-need no download. Only numpy and scikit-image are used here (no Qt, no napari). The time-lapse
-and the volume live in `_sample_timelapse` and `_sample_volume`; all are exported from here.
-
-- `synthetic_nuclei_2d` -- one 2D image of nuclei,
-- `synthetic_cell_timelapse` -- a 2D + t movie of drifting, growing and dividing cells with
-  ground-truth labels and a Cell Tracking Challenge style lineage,
-- `synthetic_nuclei_volume` -- a 3D stack of ellipsoid nuclei with z attenuation.
-"""
+"""The synthetic 2D nuclei sample: one fluorescence image of nuclei with its labels."""
 
 from __future__ import annotations
 
@@ -16,18 +6,9 @@ import numpy as np
 from skimage.draw import ellipse
 from skimage.filters import gaussian
 
-from ._sample_common import LayerDataTuple
-from ._sample_timelapse import make_sample_cell_timelapse, synthetic_cell_timelapse
-from ._sample_volume import make_sample_nuclei_3d, synthetic_nuclei_volume
+from .common import LayerDataTuple
 
-__all__ = [
-    "make_sample_cell_timelapse",
-    "make_sample_nuclei_2d",
-    "make_sample_nuclei_3d",
-    "synthetic_cell_timelapse",
-    "synthetic_nuclei_2d",
-    "synthetic_nuclei_volume",
-]
+__all__ = ["make_sample_nuclei_2d", "synthetic_nuclei_2d"]
 
 def synthetic_nuclei_2d(
     shape: tuple[int, int] = (256, 256),
