@@ -486,3 +486,38 @@ def test_mask_prompts_are_the_object_and_enter_sam2_as_masks(sam2):
         seg.draw_object(ObjectPrompt(5, 0, mask=np.ones((3, 3), bool)))
     with pytest.raises(PromptPlacementError, match="empty"):
         seg.draw_object(ObjectPrompt(5, 0, mask=np.zeros((h, w), bool)))
+
+
+def test_sam2_preview_is_the_mask_propagation_starts_from():
+    """SAM 2 as both models: the preview (a click session: clicks one at a time, each with the
+    previous logits) is what propagation starts from on the prompted frame (`add_clicks`), so
+    a committed preview is not redrawn differently."""
+    sam2 = load_model("sam2_test_tiny", weights="random", device="cpu", dtype="fp32", seed=3)
+    dec = sam2.net.sam_mask_decoder
+    with torch.no_grad():  # an object that is present, with logits of both signs
+        dec.pred_obj_score_head.layers[-1].bias += 10.0
+        for mlp in dec.output_hypernetworks_mlps:
+            mlp.layers[-1].weight *= 30.0
+            mlp.layers[-1].bias.mul_(30.0).add_(1.5)
+    seg = Segmenter(_tiny_stack(), interactive=sam2, propagation=sam2, stack_axis=0,
+                    cache_root=False)
+    prompt = _smoke_prompts()[1]  # two clicks and a box on frame 0
+    preview = seg.draw_object(prompt)
+    session = seg.predictor.start_session(prompt.box_rc)
+    clicked = session.set_clicks(prompt.points_rc, prompt.labels)
+    np.testing.assert_array_equal(clicked.masks[0], preview)
+    at_once = seg.predictor.predict(prompt.points_rc, prompt.labels, prompt.box_rc)
+    assert np.abs(clicked.logits - at_once.logits).max() > 0.5  # the protocol matters here
+    results = []
+    original = VideoPropagator.add_clicks
+
+    def spy(self, frame, obj_id, *args):
+        results.append(original(self, frame, obj_id, *args))
+        return results[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VideoPropagator, "add_clicks", spy)
+        list(seg.propagate([prompt], "forward"))
+    assert [(r.frame, r.obj_ids) for r in results] == [(0, (prompt.obj_id,))]
+    np.testing.assert_array_equal(results[0].logits[0, 0].numpy(), clicked.logits[0])
+    np.testing.assert_array_equal(seg.labels[0] == prompt.obj_id, preview)

@@ -672,27 +672,6 @@ class Sam2Config:
         """Normalisation std (0..1 range, RGB)."""
         return PIXEL_STD
 
-    def mask_decoder_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~.mask_decoder.Sam2MaskDecoder` for this model."""
-        return {
-            "transformer_dim": self.hidden_dim,
-            "num_multimask_outputs": self.num_multimask_outputs,
-            "transformer_depth": self.transformer_depth,
-            "transformer_num_heads": self.transformer_num_heads,
-            "transformer_mlp_dim": self.transformer_mlp_dim,
-            "attention_downsample_rate": self.attention_downsample_rate,
-            "iou_head_depth": self.iou_head_depth,
-            "iou_head_hidden_dim": self.iou_head_hidden_dim,
-            "use_high_res_features": self.use_high_res_features_in_sam,
-            "iou_prediction_use_sigmoid": self.iou_prediction_use_sigmoid,
-            "dynamic_multimask_via_stability": self.dynamic_multimask_via_stability,
-            "dynamic_multimask_stability_delta": self.dynamic_multimask_stability_delta,
-            "dynamic_multimask_stability_thresh": self.dynamic_multimask_stability_thresh,
-            "pred_obj_scores": self.pred_obj_scores,
-            "pred_obj_scores_mlp": self.pred_obj_scores_mlp,
-            "use_multimask_token_for_obj_ptr": self.use_multimask_token_for_obj_ptr,
-        }
-
     def replace(self, **changes: Any) -> Sam2Config:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)

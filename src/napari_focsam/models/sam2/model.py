@@ -348,7 +348,7 @@ class Sam2Model(nn.Module):
         else:
             coords, labels = points
         if mask_input is not None:
-            size = 4 * cfg.image_embedding_size
+            size = cfg.low_res_mask_size
             if tuple(mask_input.shape[-2:]) != (size, size):
                 mask_input = F.interpolate(mask_input.float(), (size, size), mode="bilinear",
                                            align_corners=False, antialias=True)
