@@ -105,7 +105,7 @@ def test_checkpoints_are_detected_loaded_and_refused_by_the_others(name, tiny_fi
     loaded = family.load(path, family.configs[family.test_configs[0]], device="cpu")
     for key, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
-    for other_name, other in FAMILIES.items():
+    for other in FAMILIES.values():
         if other is family:
             continue
         with pytest.raises(CheckpointError) as info:
