@@ -146,6 +146,32 @@ def test_family_names_are_compared_only_in_the_registry_and_the_family_packages(
     assert not problems, "\n".join(problems)
 
 
+def test_modules_export_only_their_own_names():
+    """No re-export shims: a module's ``__all__`` names what it defines (packages' ``__init__``
+    files gather their modules' names)."""
+    problems = []
+    for _, path in MODULES:
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        defined, exported = set(), []
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t for target in targets
+                         for t in (target.elts if isinstance(target, ast.Tuple) else [target])]
+                for target in names:
+                    if isinstance(target, ast.Name):
+                        defined.add(target.id)
+                        if target.id == "__all__" and isinstance(node.value, (ast.List, ast.Tuple)):
+                            exported = [e.value for e in node.value.elts if isinstance(e, ast.Constant)]
+        problems += [f"{path.relative_to(SRC)} exports {name} without defining it"
+                     for name in exported if name not in defined]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("source, expected", [
     ("import napari_focsam.families\n", {"napari_focsam.families"}),
     ("from ..store import x\n", {"napari_focsam.store"}),

@@ -11,7 +11,8 @@
 """
 
 from .clicker import Click, error_distance, next_click
-from .datasets import DATASETS, Dataset, DatasetError, Sample, open_dataset
+from .dataset_files import DatasetError
+from .datasets import DATASETS, Dataset, Sample, open_dataset
 from .noc import (
     DEFAULT_THRESHOLDS,
     SampleResult,

@@ -58,7 +58,7 @@ from .dataset_files import (
     read_sbd_instances,
 )
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "Sample", "SampleRef", "open_dataset"]
+__all__ = ["DATASETS", "Dataset", "Sample", "SampleRef", "open_dataset"]
 
 logger = logging.getLogger(__name__)
 

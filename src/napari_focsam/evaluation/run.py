@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .datasets import Dataset, DatasetError, open_dataset
+from .dataset_files import DatasetError
+from .datasets import Dataset, open_dataset
 from .noc import DEFAULT_THRESHOLDS, SampleResult, evaluate_sample, noc_label, summarize
 
 __all__ = ["NocProgress", "NocReport", "drain", "run_noc"]

@@ -25,13 +25,14 @@ from .cache_spec import (
 )
 from .contrast import apply_limits
 from .disk_cache import DiskCache
-from .embedding_store import ComputeProgress, EmbeddingStore, StackView
+from .embedding_store import EmbeddingStore
 from .encoder_base import FrameEncoder, model_fingerprint
 from .encoders import SamEncoder
 from .hashing import cache_key, content_hash
 from .ram_cache import RamCache, estimate_nbytes
 from .sam2_encoder import Sam2Encoder
 from .stack_source import StackError, StackSource
+from .views import ComputeProgress, StackView
 
 __all__ = [
     "ENV_CACHE_DIR",

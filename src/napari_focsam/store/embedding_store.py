@@ -29,7 +29,7 @@ from .ram_cache import RamCache
 from .stack_source import StackSource
 from .views import ComputeProgress, StackView
 
-__all__ = ["ComputeProgress", "EmbeddingStore", "StackView"]
+__all__ = ["EmbeddingStore"]
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ Examples
 >>> path = fetch_weights("sam_vit_b", progress=True)  # doctest: +SKIP
 """
 
+from ..families import UnknownModelError, WeightSpec
 from .cache import (
     ENV_BASE_URL,
     ENV_CACHE_DIR,
@@ -28,10 +29,8 @@ from .registry import (
     WEIGHTS,
     DownloadError,
     HashMismatchError,
-    UnknownModelError,
     WeightsError,
     WeightsNotAvailableError,
-    WeightSpec,
     WeightsVerificationError,
     get_spec,
     list_specs,

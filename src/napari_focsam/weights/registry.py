@@ -17,8 +17,6 @@ __all__ = [
     "WEIGHTS",
     "DownloadError",
     "HashMismatchError",
-    "UnknownModelError",
-    "WeightSpec",
     "WeightsError",
     "WeightsNotAvailableError",
     "WeightsVerificationError",
