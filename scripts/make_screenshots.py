@@ -257,12 +257,12 @@ def wait(condition, timeout: float = 60.0, what: str = "the widget", status=None
 
 
 def wait_preview(widget) -> None:
-    wait(lambda: widget.live.ready() is not None, what="the live preview",
+    wait(lambda: widget.controller.live.ready() is not None, what="the live preview",
          status=widget.status_label.text)
 
 
 def wait_idle(widget, timeout: float = 120.0) -> None:
-    wait(lambda: not widget.runner.running(), timeout, "the widget's tasks",
+    wait(lambda: not widget.controller.runner.running(), timeout, "the widget's tasks",
          status=widget.status_label.text)
 
 
@@ -288,8 +288,8 @@ def add_focsam_widget(viewer):
     """Dock "FocSAM segmentation" through the plugin manifest, with the tiny test models."""
     _, widget = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM segmentation")
     widget.setup.models.random_check.setChecked(True)
-    widget.setup.select_models("sam_test_tiny", "sam2_test_tiny")
-    widget.cache_root = False
+    widget.setup.models.select_models("sam_test_tiny", "sam2_test_tiny")
+    widget.controller.cache_root = False
     process(0.1)
     return widget
 
@@ -328,19 +328,20 @@ def click(widget, points, coords, *, negative: bool = False) -> None:
     """Add a click as the user does (T toggles the polarity of new clicks) and wait for the
     preview."""
     if negative:
-        widget.toggle_polarity()
+        widget.prompts.toggle_polarity()
     points.add(list(coords))
     if negative:
-        widget.toggle_polarity()
+        widget.prompts.toggle_polarity()
     process(0.1)
     wait_preview(widget)
 
 
 def commit_ready(widget) -> None:
     """Commit the shown preview and wait until the preview is cleared."""
-    if not widget.commit():
+    if not widget.objects.commit():
         raise RuntimeError(f"commit failed: {widget.status_label.text()}")
-    wait(lambda: widget.live.ready() is None and not widget.live.busy, what="the commit")
+    live = widget.controller.live
+    wait(lambda: live.ready() is None and not live.busy, what="the commit")
 
 
 def commit_at(widget, points, coords) -> None:
@@ -382,7 +383,7 @@ def save(viewer, path: Path) -> None:
 def shots_2d(out: Path, only: set[str]) -> None:
     viewer, image = new_viewer("nuclei_2d")
     widget = add_focsam_widget(viewer)
-    points, _shapes = widget.new_prompt_layers()
+    points, _shapes = widget.prompts.new_prompt_layers()
     objects = centres(np.asarray(image.data)[None])
     # several committed objects
     for r, c, _ in objects[:6]:
@@ -411,7 +412,7 @@ def shots_2d(out: Path, only: set[str]) -> None:
 def shots_3d(out: Path, only: set[str]) -> None:
     viewer, image = new_viewer("nuclei_3d")
     widget = add_focsam_widget(viewer)
-    points, _shapes = widget.new_prompt_layers()
+    points, _shapes = widget.prompts.new_prompt_layers()
     data = np.asarray(image.data)
     z = data.shape[0] // 2
     viewer.dims.set_current_step(0, z)
@@ -485,7 +486,7 @@ def shot_tracking(out: Path) -> None:
 
     viewer, image = new_viewer("cell_timelapse")
     widget = add_focsam_widget(viewer)
-    points, _shapes = widget.new_prompt_layers()
+    points, _shapes = widget.prompts.new_prompt_layers()
     data = np.asarray(image.data)
     viewer.dims.set_current_step(0, 0)
     for r, c, _ in centres(data, 0):

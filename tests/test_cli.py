@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import torch
 
-from napari_focsam import __version__
 from napari_focsam.cli import main
 
 
@@ -40,12 +37,6 @@ def test_unknown_dtype_is_a_clear_error(capsys):
     code = main(["bench", "sam", "--model", "sam_test_tiny", "--dtypes", "fp8", "--repeats", "1"])
     assert code == 2
     assert "fp8" in capsys.readouterr().err
-
-
-def test_module_entry_point_reports_version():
-    done = subprocess.run([sys.executable, "-m", "napari_focsam", "--version"],
-                          capture_output=True, text=True, check=True)
-    assert __version__ in done.stdout
 
 
 def test_bench_focsam_prints_table_and_writes_json(tmp_path, capsys):

@@ -7,7 +7,7 @@ window) stopped. Anything else reaching the GUI or the CLI is a programming erro
 reported as an internal error, with the path of the log file holding its traceback
 (`report_internal_error`).
 
-The GUI and the CLI each map this tree once (``_qt.tasks.describe_error``, ``cli.common``).
+The GUI and the CLI each map this tree once (``_qt.tasks.describe_error``, ``cli.exits``).
 """
 
 from __future__ import annotations

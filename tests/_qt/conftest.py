@@ -27,13 +27,13 @@ def make_widget(make_napari_viewer, qtbot):
         image = viewer.add_image(data, name="image", **image_kwargs)
         widget = FocSamWidget(viewer, random_weights=True, cache_root=False)
         viewer.window.add_dock_widget(widget, name="FocSAM")
-        widget.setup.select_models(interactive, "sam2_test_tiny")
+        widget.setup.models.select_models(interactive, "sam2_test_tiny")
         widgets.append(widget)
         return viewer, image, widget
 
     yield make
     for widget in widgets:
-        runner = widget.runner
+        runner = widget.controller.runner
         runner.cancel(None, "test teardown")
         qtbot.waitUntil(lambda runner=runner: not runner.running(), timeout=20000)
     widgets.clear()

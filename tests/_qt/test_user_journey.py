@@ -98,16 +98,16 @@ def test_open_click_commit_propagate_correct_track_divide_export(make_widget, qt
     def centre(t, cell):
         return np.argwhere(truth[t] == cell).mean(axis=0).round().astype(int)
 
-    points, _ = widget.new_prompt_layers()
+    points, _ = widget.prompts.new_prompt_layers()
     for cell in (steady, dividing):
         viewer.dims.set_current_step(0, 0)
         points.add([0, *centre(0, cell)])
         wait_preview(qtbot, widget)
-        assert widget.commit(), widget.status_label.text()
+        assert widget.objects.commit(), widget.status_label.text()
     labels = widget.objects.target_layer()
     assert widget.objects.book.ids == [1, 2]
 
-    widget.propagate("forward")
+    widget.objects.propagate("forward")
     wait_idle(qtbot, widget)
     data = np.asarray(labels.data)
     assert all((data[t] == 1).any() for t in range(len(data)))  # tracked through every frame
@@ -118,9 +118,9 @@ def test_open_click_commit_propagate_correct_track_divide_export(make_widget, qt
     viewer.dims.set_current_step(0, 12)
     points.add([12, *centre(12, steady)])
     wait_preview(qtbot, widget)
-    assert widget.commit(), widget.status_label.text()
+    assert widget.objects.commit(), widget.status_label.text()
     assert [f for _, f in widget.objects.book.frames_of(1)] == [0, 12]
-    widget.propagate("both")
+    widget.objects.propagate("both")
     wait_idle(qtbot, widget)
     np.testing.assert_array_equal(np.asarray(labels.data)[20] == 1, truth[20] == steady)
 

@@ -18,10 +18,10 @@ pytestmark = pytest.mark.gui
 
 def _commit_on(viewer, widget, qtbot, frame: int, rc) -> np.ndarray:
     viewer.dims.set_current_step(0, frame)
-    points = widget.prompts.points_layer() or widget.new_prompt_layers()[0]
+    points = widget.prompts.points_layer() or widget.prompts.new_prompt_layers()[0]
     points.add([frame, *rc])
     wait_preview(qtbot, widget)
-    assert widget.commit(), widget.status_label.text()
+    assert widget.objects.commit(), widget.status_label.text()
     return widget.objects.target_layer()
 
 
@@ -30,10 +30,10 @@ def test_propagation_with_tiny_models_writes_every_slice(make_widget, qtbot):
     labels = _commit_on(viewer, widget, qtbot, 1, (10, 18))
     committed = labels.data[1].copy()
     assert committed.any()
-    widget.propagate("both")
-    assert widget.runner.running("propagate")
+    widget.objects.propagate("both")
+    assert widget.controller.runner.running("propagate")
     wait_idle(qtbot, widget, timeout=60000)
-    seg = widget.holder.current
+    seg = widget.controller.holder.current
     assert "Propagated 1 object(s) over 4 frame(s)" in widget.status_label.text()
     np.testing.assert_array_equal(labels.data, seg.labels_in_data_order())
     assert all((labels.data[t] == 1).any() for t in range(4))
@@ -46,11 +46,11 @@ def test_cancel_keeps_committed_and_written_labels(make_widget, fake_draw, monke
     labels = _commit_on(viewer, widget, qtbot, 1, (10, 18))
     labels.data[2, 25:30, 40:45] = 7  # another object, never propagated
     committed = labels.data.copy()
-    widget.propagate("forward")
-    qtbot.waitUntil(lambda: bool(widget.objects._propagation and widget.objects._propagation["frames"]),
+    widget.objects.propagate("forward")
+    qtbot.waitUntil(lambda: bool(widget.propagation.run and widget.propagation.run.frames_written),
                     timeout=10000)
     assert widget.cancel_button.isEnabled()
-    widget.cancel()
+    widget.controller.cancel()
     wait_idle(qtbot, widget)
     assert "cancelled by the user" in widget.status_label.text()
     np.testing.assert_array_equal(labels.data[1], committed[1])
@@ -63,8 +63,8 @@ def test_removing_the_labels_layer_mid_run_cancels_with_a_message(make_widget, f
     monkeypatch.setattr(Segmenter, "propagate", slow_propagate(0.3))
     viewer, image, widget = make_widget(synthetic_stack())
     labels = _commit_on(viewer, widget, qtbot, 0, (10, 18))
-    widget.propagate("forward")
-    qtbot.waitUntil(lambda: bool(widget.objects._propagation and widget.objects._propagation["frames"]),
+    widget.objects.propagate("forward")
+    qtbot.waitUntil(lambda: bool(widget.propagation.run and widget.propagation.run.frames_written),
                     timeout=10000)
     viewer.layers.remove(labels)
     wait_idle(qtbot, widget)
@@ -82,7 +82,7 @@ def test_removing_the_image_mid_embedding_cancels(make_widget, monkeypatch, qtbo
 
     monkeypatch.setattr(Segmenter, "embed", slow_embed)
     viewer, image, widget = make_widget(synthetic_stack())
-    widget.compute_embeddings()
+    widget.controller.compute_embeddings()
     qtbot.waitUntil(lambda: widget.progress.value() > 0, timeout=10000)
     viewer.layers.remove(image)
     wait_idle(qtbot, widget)
@@ -95,10 +95,10 @@ def test_closing_the_viewer_stops_the_worker(make_widget, fake_draw, monkeypatch
                                                                started=started))
     viewer, image, widget = make_widget(synthetic_stack())
     _commit_on(viewer, widget, qtbot, 0, (10, 18))
-    widget.propagate("forward")
-    task = widget.runner.tasks["propagate"]
+    widget.objects.propagate("forward")
+    task = widget.controller.runner.tasks["propagate"]
     qtbot.waitUntil(started.is_set, timeout=10000)
-    runner = widget.runner
+    runner = widget.controller.runner
     viewer.close()
     assert task.cancelled and runner.closed
     qtbot.waitUntil(lambda: task.done, timeout=5000)  # 100 frames would take 20 s
@@ -120,7 +120,7 @@ def test_gui_keeps_running_while_embeddings_compute(make_widget, monkeypatch, qt
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     timer.start()
     start = time.perf_counter()
-    widget.compute_embeddings()
+    widget.controller.compute_embeddings()
     wait_idle(qtbot, widget)
     elapsed = time.perf_counter() - start
     timer.stop()
@@ -135,7 +135,7 @@ def test_correction_on_another_slice_adds_a_prompt_frame(make_widget, fake_draw,
     monkeypatch.setattr(Segmenter, "propagate", slow_propagate(0.0))
     viewer, image, widget = make_widget(synthetic_stack())
     labels = _commit_on(viewer, widget, qtbot, 0, (10, 15))
-    widget.propagate("forward")
+    widget.objects.propagate("forward")
     wait_idle(qtbot, widget)
     assert (labels.data[3] == 1).any()
     widget.objects.object_list.item(0).setSelected(True)  # correct object 1 on slice 3
@@ -146,7 +146,7 @@ def test_correction_on_another_slice_adds_a_prompt_frame(make_widget, fake_draw,
     np.testing.assert_array_equal(labels.data[3] == 1, disc(HW, (20, 30)))
     np.testing.assert_array_equal(labels.data[:3], labels_before[:3])
     assert "slice 0, 3" in widget.objects.object_list.item(0).text()
-    widget.propagate("both")
+    widget.objects.propagate("both")
     wait_idle(qtbot, widget)
     assert widget.objects.book.ids == [1]
 
@@ -155,8 +155,8 @@ def test_removing_the_dock_widget_stops_the_worker(make_widget, fake_draw, monke
     monkeypatch.setattr(Segmenter, "propagate", slow_propagate(0.2, order=list(range(4)) * 25))
     viewer, image, widget = make_widget(synthetic_stack())
     _commit_on(viewer, widget, qtbot, 0, (10, 18))
-    widget.propagate("forward")
-    task = widget.runner.tasks["propagate"]
+    widget.objects.propagate("forward")
+    task = widget.controller.runner.tasks["propagate"]
     viewer.window.remove_dock_widget(widget)
     assert task.cancelled
     qtbot.waitUntil(lambda: task.done, timeout=5000)
@@ -165,11 +165,11 @@ def test_removing_the_dock_widget_stops_the_worker(make_widget, fake_draw, monke
 @pytest.mark.parametrize("interactive", ["focsam_test_tiny", "sam2_test_tiny"])
 def test_real_tiny_interactive_models_preview_and_commit(make_widget, qtbot, interactive):
     viewer, image, widget = make_widget(synthetic_stack(1)[0], interactive=interactive)
-    points, _ = widget.new_prompt_layers()
+    points, _ = widget.prompts.new_prompt_layers()
     points.add([10, 15])
     wait_preview(qtbot, widget, timeout=60000)
     points.add([20, 30])  # FocSAM refines from the second click on
     result, request = wait_preview(qtbot, widget, timeout=60000)
     assert result.mask.shape == HW and len(request.mapped.prompt.points_rc) == 2
-    assert widget.commit()
+    assert widget.objects.commit()
     assert widget.objects.target_layer().data.shape == HW

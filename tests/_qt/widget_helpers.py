@@ -3,6 +3,7 @@ segmenter's model calls, waiting for the widget."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -75,12 +76,19 @@ def slow_propagate(delay: float, order=None, started: threading.Event | None = N
     return propagate
 
 
-
-
 def wait_preview(qtbot, widget, timeout: int = 20000):
-    qtbot.waitUntil(lambda: widget.live.ready() is not None, timeout=timeout)
-    return widget.live.ready()
+    qtbot.waitUntil(lambda: widget.controller.live.ready() is not None, timeout=timeout)
+    return widget.controller.live.ready()
 
 
 def wait_idle(qtbot, widget, timeout: int = 30000):
-    qtbot.waitUntil(lambda: not widget.runner.running(), timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.controller.runner.running(), timeout=timeout)
+
+
+def close_log_handler(path) -> None:
+    """Remove and close the package logger's handler writing to `path` (the internal-error log)."""
+    logger = logging.getLogger("napari_focsam")
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.FileHandler) and handler.baseFilename == str(path):
+            logger.removeHandler(handler)
+            handler.close()

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_focsam.samples import synthetic_cell_timelapse
 from napari_focsam.cli import main
 from napari_focsam.evaluation.stack_prompts import prompts_from_ground_truth
+from napari_focsam.samples import synthetic_cell_timelapse
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pytest
 from eval_helpers import Prediction, grabcut_folder
 
 from napari_focsam.api.models import LoadedModel
-from napari_focsam.cli_evaluate import add_evaluate_parser, run_evaluate
+from napari_focsam.cli import evaluate as evaluate_cli
+from napari_focsam.cli.exits import run_command
 from napari_focsam.evaluation import drain, run_noc
 from napari_focsam.evaluation import run as run_module
 
@@ -30,8 +31,8 @@ def grabcut(tmp_path_factory):
 
 def evaluate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="napari-focsam")
-    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
-    return run_evaluate(parser.parse_args(["evaluate", *argv]))
+    evaluate_cli.add_parser(parser.add_subparsers(dest="command", required=True))
+    return run_command(parser.parse_args(["evaluate", *argv]))
 
 
 def tiny(grabcut, out, *extra: str) -> list[str]:

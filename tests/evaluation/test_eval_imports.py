@@ -8,7 +8,7 @@ import sys
 
 _PROBE = """
 import importlib, json, pkgutil, sys
-import napari_focsam.cli_evaluate
+import napari_focsam.cli.evaluate
 package = importlib.import_module("napari_focsam.evaluation")
 for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
     importlib.import_module(info.name)

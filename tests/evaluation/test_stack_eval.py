@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_focsam.samples import synthetic_cell_timelapse, synthetic_nuclei_volume
 from napari_focsam.evaluation.stack import evaluate_stack, write_stack_report
+from napari_focsam.samples import synthetic_cell_timelapse, synthetic_nuclei_volume
 
 
 def _square_stack(shifts, size=10, hw=(40, 60), value=1):

@@ -6,17 +6,18 @@ import argparse
 
 import pytest
 
-from napari_focsam.cli_weights import add_weights_parser, run_weights
+from napari_focsam.cli import weights as weights_cli
+from napari_focsam.cli.exits import run_command
 from napari_focsam.weights import WEIGHTS, sidecar_path
 
 
 def run(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    add_weights_parser(sub)
+    weights_cli.add_parser(sub)
     args = parser.parse_args(["weights", *argv])
     assert args.command == "weights"
-    return run_weights(args)
+    return run_command(args)
 
 
 def test_download_then_path_verify_and_list(server, specs, cache, capsys):
@@ -104,7 +105,7 @@ def test_offline_and_missing_exits_5(server, specs, cache, capsys, monkeypatch):
 
 def test_weights_needs_a_subcommand():
     parser = argparse.ArgumentParser()
-    add_weights_parser(parser.add_subparsers(dest="command"))
+    weights_cli.add_parser(parser.add_subparsers(dest="command"))
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["weights"])
     assert info.value.code == 2

@@ -112,7 +112,7 @@ def test_specs_are_frozen_and_looked_up_at_call_time(monkeypatch):
 
 
 def test_importing_weights_is_cheap():
-    code = ("import json, sys, napari_focsam.weights, napari_focsam.cli_weights; "
+    code = ("import json, sys, napari_focsam.weights, napari_focsam.cli.weights; "
             "print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = {name.split(".")[0] for name in json.loads(out.stdout)}

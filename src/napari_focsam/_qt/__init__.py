@@ -1,11 +1,16 @@
-"""The napari widget of napari-focsam (the only package that imports Qt and napari).
+"""The napari widgets of napari-focsam (the only package that imports Qt and napari).
 
-- :mod:`.widget` -- `FocSamWidget`, the dock widget ("FocSAM segmentation"),
-- :mod:`.setup_panel`, :mod:`.objects_panel` -- its sections,
-- :mod:`.prompt_layers` -- Points / Shapes layers -> prompts in image pixels (coordinate mapping),
-- :mod:`.live` -- the live preview,
+- :mod:`.widget` -- `FocSamWidget`, the dock ("FocSAM segmentation"): composes the sections
+  and the controllers, connects their signals, shows status and progress,
+- :mod:`.controller` -- the segmenter of the Setup choices, the live preview, embeddings,
+- :mod:`.propagation` -- propagation of the committed objects through the stack,
+- :mod:`.setup_panel`, :mod:`.models_box`, :mod:`.prompts_panel`, :mod:`.objects_panel` -- the
+  sections; :mod:`.bindings` -- their keys,
+- :mod:`.live` -- the live preview; :mod:`.status` -- status messages,
+- :mod:`.prompt_layers` -- Points / Shapes layers -> prompts in image pixels,
 - :mod:`.commit`, :mod:`.axes` -- pure numpy / Python logic (commit, undo, axis layout),
-- :mod:`.session`, :mod:`.tasks`, :mod:`.workers` -- models, the segmenter and worker threads.
+- :mod:`.session`, :mod:`.tasks`, :mod:`.workers` -- models, the segmenter and worker threads,
+- :mod:`.tracking_panel` -- the "FocSAM tracking" dock.
 """
 
 from .widget import FocSamWidget

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 __all__ = ["AxesError", "ImageAxes", "stack_axis_choices"]
 
 #: Non-spatial axes the Segmenter supports (stack + outer).
 MAX_EXTRA_AXES = 2
 
 
-class AxesError(ValueError):
+class AxesError(UserError, ValueError):
     """An image layout the widget cannot segment (e.g. 5D data, 1D data)."""
 
 

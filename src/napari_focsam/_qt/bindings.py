@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable, Mapping
 
 from qtpy.QtCore import QTimer
 
 from .prompt_layers import POSITIVE
 
-__all__ = ["KEYS", "PromptBindings"]
+__all__ = ["HELP", "KEYS", "NEGATIVE_CLICK", "PromptBindings"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ KEYS = {
     "N": ("new_object", "start a new object", ("points", "shapes")),
 }
 
+#: The action a shift-click calls with the indices of the points it added.
+NEGATIVE_CLICK = "set_negative_click"
+
 HELP = ("Click: positive point · Shift+click: negative point · T: toggle positive/negative · "
         "C: commit object · U: undo last click · N: new object · in 'FocSAM boxes': a "
         "rectangle is a box, a polygon or ellipse is the object's mask")
@@ -36,23 +40,26 @@ class PromptBindings:
 
     Parameters
     ----------
-    actions : object
-        Has the methods named in `KEYS` and ``set_negative_click(indices)``; held weakly, so a
-        layer that outlives the widget never calls into a deleted widget.
+    actions : mapping of str to bound method
+        The method of each action named in `KEYS`, and `NEGATIVE_CLICK` (``(indices) -> None``);
+        held weakly, so a layer that outlives the widget never calls into a deleted widget.
     """
 
-    def __init__(self, actions) -> None:
-        self._actions = weakref.ref(actions)
+    def __init__(self, actions: Mapping[str, Callable]) -> None:
+        missing = ({name for name, _, _ in KEYS.values()} | {NEGATIVE_CLICK}) - set(actions)
+        if missing:
+            raise ValueError(f"no method for the action(s) {sorted(missing)}")
+        self._actions = {name: weakref.WeakMethod(method) for name, method in actions.items()}
         self._layers: dict[str, object] = {}
         self._shift = False
         self._callback = self._make_drag_callback()
 
     def _call(self, name: str, *args) -> None:
-        actions = self._actions()
-        if actions is None:
+        method = self._actions[name]()
+        if method is None:
             return
         try:
-            getattr(actions, name)(*args)
+            method(*args)
         except RuntimeError:  # the widget's C++ object is gone
             logger.debug("FocSAM action %s after the widget was deleted", name, exc_info=True)
 
@@ -122,4 +129,4 @@ class PromptBindings:
         if layer is None or POSITIVE not in layer.features.columns:
             return
         indices = [i % len(layer.data) for i in getattr(event, "data_indices", (-1,))]
-        self._call("set_negative_click", indices)
+        self._call(NEGATIVE_CLICK, indices)

@@ -1,4 +1,4 @@
-"""Writing objects into a labels array, and undoing it (pure numpy, no Qt).
+"""Writing objects into a labels array, and undoing it (numpy, no Qt).
 
 Every write returns a `PixelEdit`: the coordinates of exactly the pixels it changed and their
 previous values, so undo restores those pixels and nothing else. `ObjectBook` remembers the
@@ -13,12 +13,32 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..api.prompts_file import ObjectPrompt
+from ..errors import UserError
 
-__all__ = ["CommitRecord", "ObjectBook", "PixelEdit", "next_label_id", "paint_frame", "paint_object",
-           "undo_edit"]
+__all__ = ["CommitRecord", "LabelsLayerError", "ObjectBook", "PixelEdit", "next_label_id",
+           "paint_frame", "paint_object", "undo_edit", "writable_plane"]
 
 #: (outer, frame) of one plane; None entries for data without that axis.
 PlaneKey = tuple[int | None, int | None]
+
+
+class LabelsLayerError(UserError, TypeError):
+    """A labels layer FocSAM cannot write into (its data is not an in-memory numpy array)."""
+
+
+def writable_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
+    """The ``(H, W)`` plane `plane` of a Labels layer's data, as a writable view (``()``: all).
+
+    Raises
+    ------
+    LabelsLayerError
+        The layer's data is not an in-memory numpy array (e.g. dask, zarr).
+    """
+    data = layer.data
+    if not isinstance(data, np.ndarray):
+        raise LabelsLayerError(f"the labels layer '{layer.name}' is not an in-memory numpy array "
+                               f"({type(data).__name__}): FocSAM cannot write into it")
+    return data[plane] if plane else data
 
 
 @dataclass

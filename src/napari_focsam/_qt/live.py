@@ -18,7 +18,8 @@ from qtpy.QtCore import QObject, QTimer, Signal
 from .axes import ImageAxes
 from .prompt_layers import MappedPrompts, layer_transform_kwargs, place_below
 from .session import SegmenterHolder, SegmenterSpec
-from .tasks import Failed, PreviewResult, Status, describe_error, is_user_error, preview_task
+from .status import Messages
+from .tasks import Failed, PreviewResult, Status, describe_error, preview_task
 from .workers import Task, TaskRunner
 
 __all__ = ["DEBOUNCE_MS", "PREVIEW_NAME", "LivePreview", "PreviewRequest"]
@@ -55,11 +56,12 @@ class LivePreview(QObject):
     viewer : napari.Viewer
     runner : TaskRunner
     holder : SegmenterHolder
+    messages : Messages
     build_request : callable
         ``() -> PreviewRequest or None`` (None: nothing to preview); may raise a user error,
-        reported through `report`.
-    report : callable
-        ``(message, is_error)``.
+        posted to `messages`.
+    layers_above : callable
+        ``() -> list of layers`` the preview layer goes under (the prompt layers).
 
     Signals
     -------
@@ -69,18 +71,18 @@ class LivePreview(QObject):
 
     changed = Signal()
 
-    def __init__(self, viewer, runner: TaskRunner, holder: SegmenterHolder,
+    def __init__(self, viewer, runner: TaskRunner, holder: SegmenterHolder, messages: Messages, *,
                  build_request: Callable[[], PreviewRequest | None],
-                 report: Callable[[str, bool], None], parent=None) -> None:
+                 layers_above: Callable[[], list], parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.runner = runner
         self.holder = holder
+        self._messages = messages
         self._build = build_request
-        self._report = report
+        self._layers_above = layers_above
+        #: The preview Labels layer (None until the first preview, or once removed).
         self.layer = None
-        #: ``() -> list of layers`` the preview layer goes under (set by the widget)
-        self.prompt_layers = list
         self._seq = 0
         self._latest: PreviewRequest | None = None
         self._pending = False
@@ -118,14 +120,12 @@ class LivePreview(QObject):
         try:
             request = self._build()
         except Exception as exc:  # noqa: BLE001 - reported in the status line, never raised
-            if not is_user_error(exc):
-                logger.exception("FocSAM: building the preview request failed")
             self._latest = None
             self.clear()
-            self._report(describe_error(exc), True)
+            self._messages.error(describe_error(exc, "the live preview's prompts"))
             return
         for note in (request.mapped.notes if request is not None else ()):
-            self._report(note, False)
+            self._messages.info(note)
         if request is None or request.mapped.prompt is None:
             self._latest = None
             self.clear()
@@ -139,15 +139,15 @@ class LivePreview(QObject):
     def _start(self, seq: int, request: PreviewRequest) -> None:
         self.runner.start("preview", preview_task, self.holder, request.spec, request.mapped.prompt, seq,
                           on_event=lambda event: self._on_event(event, seq, request),
-                          on_done=self._on_done)
+                          on_done=self._on_done, during="the live preview")
 
     def _on_event(self, event, seq: int, request: PreviewRequest) -> None:
         if isinstance(event, Status):
-            self._report(event.text, False)
+            self._messages.info(event.text)
         elif isinstance(event, Failed):
             if seq == self._seq:
                 self.clear()
-                self._report(f"Preview failed: {event.message}", True)
+                self._messages.error(f"Preview failed: {event.message}")
         elif isinstance(event, PreviewResult) and event.seq == self._seq:
             self._show(event, request)
 
@@ -180,7 +180,7 @@ class LivePreview(QObject):
                                            name=PREVIEW_NAME, opacity=0.5, colormap=colormap,
                                            **transforms)
             layer.editable = False
-            place_below(self.viewer, layer, self.prompt_layers())
+            place_below(self.viewer, layer, self._layers_above())
             self._painted = None
             if active is not None and active in self.viewer.layers:
                 self.viewer.layers.selection.active = active
@@ -199,14 +199,14 @@ class LivePreview(QObject):
             layer.data[request.plane] = result.mask.astype(np.uint8)
             self._painted = request.plane
             layer.refresh()
-        except Exception as exc:  # noqa: BLE001 - e.g. the layer was removed meanwhile
-            logger.exception("FocSAM: showing the preview failed")
-            self._report(f"Preview could not be shown: {exc}", True)
+        except Exception as exc:  # noqa: BLE001 - reported in the status line, never raised
+            self._messages.error("Preview could not be shown: "
+                                 + describe_error(exc, "showing the live preview"))
             return
         self.result, self.request = result, request
         where = "" if request.frame is None else f" on slice {request.frame}"
-        self._report(f"Preview of object {result.prompt.obj_id}{where}: {int(result.mask.sum())} "
-                     "pixels. C: commit", False)
+        self._messages.info(f"Preview of object {result.prompt.obj_id}{where}: "
+                            f"{int(result.mask.sum())} pixels. C: commit")
         self.changed.emit()
 
     def clear(self) -> None:

@@ -20,26 +20,19 @@ from qtpy.QtWidgets import (
 )
 
 from ..api.models import RANDOM_WEIGHTS
+from ..families import ModelChoiceError, Role, model_menu
 from .session import ModelChoice
-from .tasks import DownloadCancelled, Failed, download_weights
-from .workers import TaskRunner
+from .status import Messages
+from .tasks import Failed, download_weights
+from .workers import Task, TaskRunner
 
-__all__ = ["ENV_RANDOM_WEIGHTS", "INTERACTIVE_MODELS", "PROPAGATION_MODELS", "ModelsBox", "weights_label"]
+__all__ = ["ENV_RANDOM_WEIGHTS", "ModelsBox", "weights_label"]
 
 logger = logging.getLogger(__name__)
 
 #: Set to 1 to start the widget with random weights (tests, demos: masks are meaningless).
 ENV_RANDOM_WEIGHTS = "NAPARI_FOCSAM_RANDOM_WEIGHTS"
 
-INTERACTIVE_MODELS = (("SAM ViT-B", "sam_vit_b"), ("SAM ViT-L", "sam_vit_l"), ("SAM ViT-H", "sam_vit_h"),
-                      ("FocSAM ViT-H", "focsam_vit_h"), ("SAM 2.1 tiny", "sam2.1_hiera_tiny"),
-                      ("SAM 2.1 small", "sam2.1_hiera_small"),
-                      ("SAM 2.1 base+", "sam2.1_hiera_base_plus"), ("SAM 2.1 large", "sam2.1_hiera_large"))
-PROPAGATION_MODELS = INTERACTIVE_MODELS[4:]
-#: Extra entries in random-weights mode: tiny configs, fast on any CPU.
-TEST_INTERACTIVE = (("SAM test-tiny", "sam_test_tiny"), ("FocSAM test-tiny", "focsam_test_tiny"),
-                    ("SAM 2 test-tiny", "sam2_test_tiny"))
-TEST_PROPAGATION = (("SAM 2 test-tiny", "sam2_test_tiny"),)
 #: Item-data role of a model entry's plain name (the text also shows the weights' status).
 _NAME_ROLE = 257  # Qt.UserRole + 1
 
@@ -73,23 +66,30 @@ class _Relay(QObject):
 class ModelsBox(QWidget):
     """Interactive and propagation model combos, their weights, and the random-weights switch.
 
+    The combos list the registry's models of each role (`families.model_menu`), and in
+    random-weights mode the families' tiny test configs too.
+
+    Parameters
+    ----------
+    runner : TaskRunner
+        Runs weight downloads.
+    messages : Messages
+    random_weights : bool, optional
+        Initial state of the random-weights switch (default: ``$NAPARI_FOCSAM_RANDOM_WEIGHTS``).
+
     Signals
     -------
     changed()
         A model, its weights or the random-weights switch changed.
-    status(str, bool)
-        A message (and whether it is an error).
-    busy()
-        A download started or ended.
     """
 
     changed = Signal()
-    status = Signal(str, bool)
-    busy = Signal()
 
-    def __init__(self, runner: TaskRunner, *, random_weights: bool | None = None, parent=None) -> None:
+    def __init__(self, runner: TaskRunner, messages: Messages, *, random_weights: bool | None = None,
+                 parent=None) -> None:
         super().__init__(parent)
         self.runner = runner
+        self._messages = messages
         self._relay = _Relay(self)
         self._relay.progress.connect(self._on_progress)
         form = QFormLayout(self)
@@ -152,8 +152,8 @@ class ModelsBox(QWidget):
             if model_id is not None:
                 index = combo.findData(model_id)
                 if index < 0:
-                    raise ValueError(f"{model_id!r} is not offered (random-weights mode lists the "
-                                     "test-tiny models)")
+                    raise ModelChoiceError(f"{model_id!r} is not offered (random-weights mode lists "
+                                           "the test-tiny models)")
                 combo.setCurrentIndex(index)
 
     def refresh_weights(self) -> None:
@@ -171,12 +171,12 @@ class ModelsBox(QWidget):
 
     def _fill(self) -> None:
         random = self.random_weights
-        for combo, models, tests in ((self.interactive_combo, INTERACTIVE_MODELS, TEST_INTERACTIVE),
-                                     (self.propagation_combo, PROPAGATION_MODELS, TEST_PROPAGATION)):
+        for combo, role in ((self.interactive_combo, Role.INTERACTIVE),
+                            (self.propagation_combo, Role.PROPAGATION)):
             previous = combo.currentData()
             combo.blockSignals(True)
             combo.clear()
-            for name, model_id in (*models, *(tests if random else ())):
+            for name, model_id in model_menu(role, with_test_configs=random):
                 combo.addItem(name, model_id)
                 combo.setItemData(combo.count() - 1, name, _NAME_ROLE)
             combo.setCurrentIndex(max(combo.findData(previous), 0))
@@ -202,15 +202,15 @@ class ModelsBox(QWidget):
     def download(self, model_id: str) -> None:
         """Download `model_id`'s weights in a worker, showing the progress."""
         if self.runner.running("download"):
-            self.status.emit("A download is already running", True)
+            self._messages.error("A download is already running")
             return
         self.download_bar.setRange(0, 0)
         self.download_bar.setVisible(True)
-        self.status.emit(f"Downloading {model_id}…", False)
+        self._messages.info(f"Downloading {model_id}…")
         self.runner.start("download", download_weights, model_id, self._relay.progress.emit,
-                          on_event=self._on_event, on_done=self._on_done)
+                          on_event=self._on_event, on_done=self._on_done,
+                          during=f"the download of {model_id}")
         self.refresh_weights()
-        self.busy.emit()
 
     def _on_progress(self, done, total) -> None:
         if total:
@@ -221,15 +221,14 @@ class ModelsBox(QWidget):
             self.download_bar.setRange(0, 0)
 
     def _on_event(self, event) -> None:
-        if isinstance(event, Failed):
-            cancelled = isinstance(event.error, DownloadCancelled)
-            self.status.emit(event.message if cancelled else f"Download failed: {event.message}",
-                             not cancelled)
+        if isinstance(event, Failed) and event.cancelled:
+            self._messages.info(event.message)
+        elif isinstance(event, Failed):
+            self._messages.error(f"Download failed: {event.message}")
         else:
-            self.status.emit(f"Downloaded {event}", False)
+            self._messages.info(f"Downloaded {event}")
 
-    def _on_done(self, _task) -> None:
+    def _on_done(self, _task: Task) -> None:
         self.download_bar.setVisible(False)
         self.refresh_weights()
-        self.busy.emit()
         self.changed.emit()

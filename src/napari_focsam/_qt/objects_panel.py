@@ -1,4 +1,4 @@
-"""The "Objects" and "Propagate" sections: commit / undo into a Labels layer, propagation."""
+"""The "Objects" section: commit / undo into a Labels layer, the objects, the Propagate buttons."""
 
 from __future__ import annotations
 
@@ -20,41 +20,53 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..errors import UserError
 from .axes import AxesError
-from .commit import ObjectBook, next_label_id, paint_object, undo_edit
+from .commit import LabelsLayerError, ObjectBook, next_label_id, paint_object, undo_edit, writable_plane
+from .controller import SegmentationController
 from .layer_combo import LayerCombo
 from .live import PREVIEW_NAME
-from .prompt_layers import layer_transform_kwargs, place_below
-from .propagation import PropagationMixin, writable_plane
+from .prompt_layers import image_data, layer_transform_kwargs, place_below
+from .propagation import PropagationController
 
 __all__ = ["ObjectsPanel"]
 
 logger = logging.getLogger(__name__)
 
 
-class ObjectsPanel(PropagationMixin, QWidget):
-    """Target Labels layer, commit / undo, the committed objects, propagation.
+class ObjectsPanel(QWidget):
+    """Target Labels layer, commit / undo, the committed objects, the Propagate buttons.
 
     Parameters
     ----------
-    owner : FocSamWidget
-        Gives the viewer, prompt layers, live preview, runner, segmenter spec and status.
+    viewer : napari.Viewer
+    controller : SegmentationController
+        The live preview (what a commit writes), the image, axes and messages.
+    propagation : PropagationController
+        Propagates the committed objects.
 
     Signals
     -------
-    objects_changed()
-        An object was committed, undone or propagated.
+    committed(MappedPrompts)
+        An object was committed, drawn from these prompts.
+    current_object_changed(int)
+        New clicks are now for this object (see `current_object_id`).
+    undo_click_requested()
+        The "Undo click" button was pressed.
     """
 
-    objects_changed = Signal()
+    committed = Signal(object)
+    current_object_changed = Signal(int)
+    undo_click_requested = Signal()
 
-    def __init__(self, owner, parent=None) -> None:
+    def __init__(self, viewer, controller: SegmentationController,
+                 propagation: PropagationController, parent=None) -> None:
         super().__init__(parent)
-        self.owner = owner
-        self.viewer = owner.viewer
+        self.viewer = viewer
+        self._controller = controller
+        self._propagation = propagation
         self.book = ObjectBook()
         self._book_layer = None
-        self._propagation: dict | None = None
         #: (layer, its largest label) so that a new id does not scan the whole volume each time
         self._max_label: tuple[object, int] | None = None
         layout = QVBoxLayout(self)
@@ -96,14 +108,19 @@ class ObjectsPanel(PropagationMixin, QWidget):
         layout.addLayout(row)
         self.commit_button.clicked.connect(self.commit)
         self.new_object_button.clicked.connect(self.new_object)
-        self.undo_click_button.clicked.connect(self.undo_click)
+        self.undo_click_button.clicked.connect(self.undo_click_requested)
         self.undo_commit_button.clicked.connect(self.undo_commit)
         self.new_labels_button.clicked.connect(self._on_new_labels)
         self.object_list.itemSelectionChanged.connect(self._on_selection)
         self.labels_combo.layer_changed.connect(self._on_target)
         self.undo_commit_button.setEnabled(False)
         self._deferred_commit = False
-        owner.live.changed.connect(self._on_preview_changed)
+        controller.live.changed.connect(self._on_preview_changed)
+        controller.spec_changed.connect(self._update_propagate_buttons)
+        controller.runner.task_started.connect(self._update_propagate_buttons)
+        controller.runner.task_finished.connect(self._update_propagate_buttons)
+        propagation.ended.connect(self._on_propagated)
+        self._update_propagate_buttons()
 
     # ------------------------------------------------------------------ state
     def target_layer(self):
@@ -130,13 +147,13 @@ class ObjectsPanel(PropagationMixin, QWidget):
 
     def new_labels_layer(self):
         """Add an empty int32 Labels layer shaped like the image, and make it the target."""
-        image = self.owner.setup.image_layer()
-        axes = self.owner.setup.axes()
-        shape = axes.labels_shape(self.owner.image_data(image).shape)
+        axes = self._controller.axes()
+        image = self._controller.image_layer()
+        shape = axes.labels_shape(image_data(image).shape)
         active = self.viewer.layers.selection.active
         layer = self.viewer.add_labels(np.zeros(shape, dtype=np.int32), name=f"{image.name} FocSAM",
                                        **layer_transform_kwargs(image))
-        place_below(self.viewer, layer, [self.owner.live.layer, *self.owner.prompts.layers()])
+        place_below(self.viewer, layer, self._controller.overlay_layers())
         self.labels_combo.set_layer(layer)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
@@ -145,21 +162,22 @@ class ObjectsPanel(PropagationMixin, QWidget):
     def _on_preview_changed(self) -> None:
         if not self._deferred_commit:
             return
-        if self.owner.live.ready() is not None:
+        if self._controller.live.ready() is not None:
             self._deferred_commit = False
             self.commit()
-        elif not self.owner.live.busy:  # the preview failed or the clicks are gone
+        elif not self._controller.live.busy:  # the preview failed or the clicks are gone
             self._deferred_commit = False
 
     def _on_new_labels(self) -> None:
         try:
             self.new_labels_layer()
-        except AxesError as exc:
-            self.owner.report(str(exc), True)
+        except UserError as exc:
+            self._controller.messages.error(str(exc))
 
     def _on_target(self, layer) -> None:
         if layer is not self._book_layer and self.book.ids and layer is not None:
-            self.owner.report("Target labels layer changed: the object list starts afresh", False)
+            self._controller.messages.info("Target labels layer changed: the object list starts "
+                                           "afresh")
         if layer is not self._book_layer:
             self.book.clear()
             self._book_layer = layer
@@ -171,7 +189,7 @@ class ObjectsPanel(PropagationMixin, QWidget):
                 emitter.connect(self._labels_edited)
 
     def _on_selection(self) -> None:
-        self.owner.live.schedule()
+        self.current_object_changed.emit(self.current_object_id())
 
     def _refresh_list(self) -> None:
         selected = self.selected_id()
@@ -188,73 +206,90 @@ class ObjectsPanel(PropagationMixin, QWidget):
                 item.setSelected(True)
         self.object_list.blockSignals(False)
         self.undo_commit_button.setEnabled(bool(self.book.history))
-        self.objects_changed.emit()
+        self.current_object_changed.emit(self.current_object_id())
+
+    def _update_propagate_buttons(self, *_args) -> None:
+        try:
+            is_stack = self._controller.axes().is_stack
+        except AxesError:  # no image or an unusable axis choice
+            is_stack = False
+        for button in self.propagate_buttons.values():
+            button.setEnabled(is_stack and not self._propagation.running)
+            button.setToolTip("" if is_stack else "Propagation needs a stack: choose a stack axis")
 
     # ------------------------------------------------------------------ actions
     def commit(self) -> bool:
         """Write the previewed object into the target labels layer; True when done."""
-        owner = self.owner
-        if self._propagation is not None:
-            owner.report("Propagation is running: commit when it ends (or cancel it)", True)
+        messages, live = self._controller.messages, self._controller.live
+        if self._propagation.running:
+            messages.error("Propagation is running: commit when it ends (or cancel it)")
             return False
-        ready = owner.live.ready()
+        ready = live.ready()
         if ready is None:
-            if owner.live.busy:  # commit as soon as the preview of the latest clicks is shown
+            if live.busy:  # commit as soon as the preview of the latest clicks is shown
                 self._deferred_commit = True
-                owner.report("Committing when the preview is ready…", False)
+                messages.info("Committing when the preview is ready…")
             else:
-                owner.report("Nothing to commit: click on an object first", True)
+                messages.error("Nothing to commit: click on an object first")
             return False
         result, request = ready
         target = self.target_layer() or self.new_labels_layer()
         if tuple(target.data.shape) != tuple(request.labels_shape):
-            owner.report(f"The labels layer '{target.name}' has shape {target.data.shape}, the image "
-                         f"needs {request.labels_shape}: choose another or click 'New'", True)
+            messages.error(f"The labels layer '{target.name}' has shape {target.data.shape}, the "
+                           f"image needs {request.labels_shape}: choose another or click 'New'")
             return False
         obj_id = self.selected_id() or self.new_object_id(target)
         if np.issubdtype(target.data.dtype, np.integer) and obj_id > np.iinfo(target.data.dtype).max:
-            owner.report(f"Object id {obj_id} does not fit in the labels layer's {target.data.dtype}", True)
+            messages.error(f"Object id {obj_id} does not fit in the labels layer's {target.data.dtype}")
             return False
         try:
             plane = writable_plane(target, request.plane)
-            edit = paint_object(plane, result.mask, obj_id, only_background=self.only_background.isChecked(),
-                                replace=True, plane_index=request.plane)
-        except (TypeError, ValueError) as exc:
-            owner.report(str(exc), True)
+        except LabelsLayerError as exc:
+            messages.error(str(exc))
             return False
+        edit = paint_object(plane, result.mask, obj_id, only_background=self.only_background.isChecked(),
+                            replace=True, plane_index=request.plane)
         target.refresh()
         self._book_layer = target
         self.book.record(obj_id, dataclasses.replace(result.prompt, obj_id=obj_id), edit)
-        owner.prompts.remove(request.mapped)
-        owner.live.clear()
+        self.committed.emit(request.mapped)
+        live.clear()
         self._refresh_list()
         where = "" if request.frame is None else f" on slice {request.frame}"
-        owner.report(f"Committed object {obj_id}{where} ({edit.n_pixels} pixels changed)", False)
+        messages.info(f"Committed object {obj_id}{where} ({edit.n_pixels} pixels changed)")
         return True
 
     def undo_commit(self) -> None:
         """Restore exactly the pixels the last commit changed."""
+        messages = self._controller.messages
         target = self._book_layer
-        if self._propagation is not None:
-            self.owner.report("Propagation is running: undo when it ends (or cancel it)", True)
+        if self._propagation.running:
+            messages.error("Propagation is running: undo when it ends (or cancel it)")
             return
         if not self.book.history:
-            self.owner.report("No commit to undo", True)
+            messages.error("No commit to undo")
             return
         if target is None or target not in self.viewer.layers:
-            self.owner.report("The labels layer of the last commit is gone", True)
+            messages.error("The labels layer of the last commit is gone")
             return
         record = self.book.pop()
         undo_edit(writable_plane(target, record.edit.plane), record.edit)
         self._max_label = None
         target.refresh()
         self._refresh_list()
-        self.owner.report(f"Undid the last commit of object {record.obj_id}", False)
-
-    def undo_click(self) -> None:
-        self.owner.undo_click()
+        messages.info(f"Undid the last commit of object {record.obj_id}")
 
     def new_object(self) -> None:
         """Clicks now start a new object."""
         self.object_list.clearSelection()
-        self.owner.report("New object: click on it", False)
+        self._controller.messages.info("New object: click on it")
+
+    def propagate(self, direction: str) -> bool:
+        """Propagate every committed object through the stack (`direction`: ``"forward"``,
+        ``"backward"`` or ``"both"``); False, with a message, when it cannot start."""
+        return self._propagation.start(self.book.all_prompts(), self._book_layer, direction)
+
+    def _on_propagated(self, frames_written: int) -> None:
+        if frames_written:
+            self.book.forget_history()  # the planes the commits changed were rewritten
+            self._refresh_list()

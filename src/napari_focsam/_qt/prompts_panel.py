@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import partial
 
 from napari.layers import Points, Shapes
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from .bindings import PromptBindings
 from .layer_combo import LayerCombo
 from .prompt_layers import POSITIVE, MappedPrompts, make_points_layer, make_shapes_layer
+from .status import Messages
 
 __all__ = ["PromptsPanel"]
 
@@ -19,13 +20,12 @@ logger = logging.getLogger(__name__)
 
 
 class PromptsPanel(QWidget):
-    """Prompt layer choice, "New prompt layers", positive / negative mode.
+    """Prompt layer choice, "New prompt layers", positive / negative clicks, undo click.
 
     Parameters
     ----------
     viewer : napari.Viewer
-    actions : object
-        What the keys call (see `bindings.KEYS`); held weakly.
+    messages : Messages
     image_layer : callable
         ``() -> Image layer or None``: new prompt layers are aligned with it.
 
@@ -33,19 +33,24 @@ class PromptsPanel(QWidget):
     -------
     prompts_changed()
         Prompt data changed, or another prompt layer was chosen.
-    status(str, bool)
+    layer_chosen(str, object)
+        ``"points"`` or ``"shapes"``, and the layer now chosen for it (or None).
+    layers_changed(object, object)
+        The chosen Points and Shapes layers (or None), after either changed.
     """
 
     prompts_changed = Signal()
-    status = Signal(str, bool)
+    layer_chosen = Signal(str, object)
+    layers_changed = Signal(object, object)
 
-    def __init__(self, viewer, actions, image_layer, parent=None) -> None:
+    def __init__(self, viewer, messages: Messages, image_layer: Callable[[], object],
+                 parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
+        self._messages = messages
         self._image_layer = image_layer
         self.positive = True
         self._layers: dict[str, object] = {}
-        self.bindings = PromptBindings(actions)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.points_combo = LayerCombo(viewer, Points, none_text="(none)", auto_select=False)
@@ -77,10 +82,6 @@ class PromptsPanel(QWidget):
     def shapes_layer(self):
         return self.shapes_combo.current_layer()
 
-    def layers(self) -> list:
-        """The chosen prompt layers."""
-        return [layer for layer in (self.points_layer(), self.shapes_layer()) if layer is not None]
-
     def new_prompt_layers(self):
         """Add a Points layer (positive / negative clicks) and a Shapes layer (boxes)."""
         image = self._image_layer()
@@ -90,21 +91,21 @@ class PromptsPanel(QWidget):
         self.shapes_combo.set_layer(shapes)
         self.viewer.layers.selection.active = points
         points.mode = "add"
-        self.status.emit("Click on an object (shift+click: negative point); in "
-                         f"'{shapes.name}' a rectangle is a box, a polygon or ellipse a mask",
-                         False)
+        self._messages.info("Click on an object (shift+click: negative point); in "
+                            f"'{shapes.name}' a rectangle is a box, a polygon or ellipse a mask")
         return points, shapes
 
     def _on_layer(self, kind: str, layer) -> None:
         previous = self._layers.pop(kind, None)
         if previous is not None:
             previous.events.data.disconnect(self._on_data)
-        self.bindings.attach(kind, layer)
+        self.layer_chosen.emit(kind, layer)
         if layer is not None:
             layer.events.data.connect(self._on_data)
             self._layers[kind] = layer
             if kind == "points" and POSITIVE in layer.features.columns:
                 layer.feature_defaults = {POSITIVE: self.positive}
+        self.layers_changed.emit(self.points_layer(), self.shapes_layer())
         self.prompts_changed.emit()
 
     def _on_data(self, _event=None) -> None:
@@ -118,13 +119,15 @@ class PromptsPanel(QWidget):
                 layer.selected_data = {i for i in indices if i < len(layer.data)}
                 layer.remove_selected()
 
-    def remove_last_click(self) -> bool:
-        """Remove the last point of the points layer; False if there is none."""
+    def undo_click(self) -> bool:
+        """Remove the last point of the points layer; False (and a message) if there is none."""
         points = self.points_layer()
         if points is None or not len(points.data):
+            self._messages.error("No click to undo")
             return False
         points.selected_data = {len(points.data) - 1}
         points.remove_selected()
+        self._messages.info("Removed the last click")
         return True
 
     def toggle_polarity(self) -> None:
@@ -134,8 +137,8 @@ class PromptsPanel(QWidget):
         if points is not None and POSITIVE in points.features.columns:
             points.feature_defaults = {POSITIVE: self.positive}
         elif points is not None:
-            self.status.emit("This points layer has no 'positive' feature: all its points are "
-                             "positive (use 'New prompt layers' for negative clicks)", True)
+            self._messages.error("This points layer has no 'positive' feature: all its points are "
+                                 "positive (use 'New prompt layers' for negative clicks)")
         self._update_polarity()
 
     def set_negative(self, indices) -> None:
@@ -151,6 +154,3 @@ class PromptsPanel(QWidget):
     def _update_polarity(self) -> None:
         self.polarity_button.setChecked(not self.positive)
         self.polarity_button.setText("Clicks: positive (T)" if self.positive else "Clicks: negative (T)")
-
-    def detach(self) -> None:
-        self.bindings.detach_all()

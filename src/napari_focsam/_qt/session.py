@@ -2,8 +2,9 @@
 
 `SegmenterHolder` keeps at most one `Segmenter` (for the current image, axes and models) and
 the loaded models it uses; a task asks for it with a `SegmenterSpec` and gets the cached one
-when nothing changed. All model work goes through `lock`: one task at a time drives the
-models (the embedding stores have their own locks, so embedding may run beside it).
+when nothing changed (the same data object and generation, axes, models and settings). All
+model work goes through `lock`: one task at a time drives the models (the embedding stores
+have their own locks, so embedding may run beside it).
 """
 
 from __future__ import annotations
@@ -16,15 +17,11 @@ from pathlib import Path
 
 from ..api.models import RANDOM_WEIGHTS, LoadedModel, load_model
 from ..api.segmenter import Segmenter
-from .axes import ImageAxes
+from .axes import AxesError, ImageAxes
 
-__all__ = ["ModelChoice", "SegmenterHolder", "SegmenterSpec", "WeightsMissingError"]
+__all__ = ["ModelChoice", "SegmenterHolder", "SegmenterSpec", "SetupChoices"]
 
 logger = logging.getLogger(__name__)
-
-
-class WeightsMissingError(RuntimeError):
-    """The checkpoint of a registry model is not in the weights cache."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,40 @@ class ModelChoice:
         return self.weights == RANDOM_WEIGHTS
 
 
+@dataclass(frozen=True)
+class SetupChoices:
+    """The choices of the "Setup" section.
+
+    Attributes
+    ----------
+    image : napari.layers.Image or None
+    stack_axis : int or None
+        The chosen stack axis (None: a 2D image, or no usable choice).
+    interactive, propagation : ModelChoice
+    device, dtype : str
+        As `load_model` takes them.
+    """
+
+    image: object
+    stack_axis: int | None
+    interactive: ModelChoice
+    propagation: ModelChoice
+    device: str = "auto"
+    dtype: str = "auto"
+
+    def axes(self) -> ImageAxes:
+        """The axis layout of `image` with `stack_axis`.
+
+        Raises
+        ------
+        AxesError
+            No image layer, or one the widget cannot segment.
+        """
+        if self.image is None:
+            raise AxesError("no image layer: open an image and choose it under Setup")
+        return ImageAxes(int(self.image.ndim), self.stack_axis, bool(getattr(self.image, "rgb", False)))
+
+
 @dataclass(frozen=True, eq=False)
 class SegmenterSpec:
     """Everything a `Segmenter` is built from.
@@ -54,9 +85,10 @@ class SegmenterSpec:
     Attributes
     ----------
     data : array-like
-        The image layer's data (highest resolution level).
-    data_key : int
-        Identifies `data` (the layer's id and the data object's id).
+        The image layer's data (highest resolution level); compared by identity (``is``).
+    generation : int
+        Counts the changes of the image (another layer, or its ``events.data``): a segmenter
+        of an earlier generation is not reused, even for the same data object.
     axes : ImageAxes
     interactive : ModelChoice
     propagation : ModelChoice or None
@@ -68,7 +100,7 @@ class SegmenterSpec:
     """
 
     data: object
-    data_key: tuple
+    generation: int
     axes: ImageAxes
     interactive: ModelChoice
     propagation: ModelChoice | None
@@ -78,19 +110,25 @@ class SegmenterSpec:
 
     @property
     def key(self) -> tuple:
-        return (self.data_key, self.axes, self.interactive, self.propagation, self.device,
+        """Every attribute but `data`."""
+        return (self.generation, self.axes, self.interactive, self.propagation, self.device,
                 self.dtype, str(self.cache_root))
+
+    def same_segmenter(self, other: SegmenterSpec | None) -> bool:
+        """Whether `other` calls for the same segmenter: the same data object and equal keys."""
+        return other is not None and other.data is self.data and other.key == self.key
 
 
 def _check_weights(choice: ModelChoice) -> None:
-    from ..weights import WEIGHTS, weights_status
+    from ..weights import WEIGHTS, WeightsNotAvailableError, cached_path, weights_status
 
     if choice.weights is not None or choice.model_id not in WEIGHTS:
         return
     if weights_status(choice.model_id) == "missing":
-        raise WeightsMissingError(
-            f"the weights of {choice.model_id} are not downloaded: click 'Download', or choose a "
-            "local checkpoint file")
+        raise WeightsNotAvailableError(
+            choice.model_id, str(cached_path(choice.model_id)),
+            f"the weights of {choice.model_id} are not downloaded: click 'Download' next to the "
+            "model, or choose a local checkpoint file")
 
 
 class SegmenterHolder:
@@ -100,7 +138,7 @@ class SegmenterHolder:
         self.lock = threading.RLock()
         self._models: dict[tuple, LoadedModel] = {}
         self._segmenter: Segmenter | None = None
-        self._key: tuple | None = None
+        self._spec: SegmenterSpec | None = None  # holds the data: its id is not reused meanwhile
 
     @property
     def current(self) -> Segmenter | None:
@@ -108,7 +146,7 @@ class SegmenterHolder:
         return self._segmenter
 
     def matches(self, spec: SegmenterSpec) -> bool:
-        return self._segmenter is not None and self._key == spec.key
+        return self._segmenter is not None and spec.same_segmenter(self._spec)
 
     def _model(self, choice: ModelChoice, spec: SegmenterSpec, role: str,
                status: Callable[[str], None]) -> LoadedModel:
@@ -144,12 +182,12 @@ class SegmenterHolder:
         self._segmenter = Segmenter(spec.data, interactive=interactive, propagation=propagation,
                                     stack_axis=axes.stack_axis, channel_axis=axes.channel_axis,
                                     outer_axis=axes.outer_axis, cache_root=cache_root)
-        self._key = spec.key
+        self._spec = spec
         logger.info("segmenter ready: %s, axes %s", spec.interactive.model_id, axes)
         return self._segmenter
 
     def reset(self) -> None:
         """Drop the segmenter and the models (e.g. when the widget closes)."""
         self._segmenter = None
-        self._key = None
+        self._spec = None
         self._models.clear()

@@ -13,7 +13,8 @@ from .axes import AxesError, ImageAxes, stack_axis_choices
 from .layer_combo import LayerCombo
 from .models_box import ModelsBox
 from .prompt_layers import image_data
-from .session import ModelChoice
+from .session import SetupChoices
+from .status import Messages
 from .workers import TaskRunner
 
 __all__ = ["SetupPanel"]
@@ -29,33 +30,25 @@ class SetupPanel(QWidget):
     viewer : napari.Viewer
     runner : TaskRunner
         Runs weight downloads.
+    messages : Messages
     random_weights : bool, optional
         Initial state of the (advanced) random-weights switch.
 
     Signals
     -------
-    changed()
-        Any choice that affects the segmenter changed.
-    image_changed(object)
-        The image layer (or None).
-    status(str, bool)
-        A message (and whether it is an error).
-    busy()
-        A weights download started or ended.
+    changed(SetupChoices)
+        Any choice that affects the segmenter changed; the choices now.
     """
 
-    changed = Signal()
-    image_changed = Signal(object)
-    status = Signal(str, bool)
-    busy = Signal()
+    changed = Signal(object)
 
-    def __init__(self, viewer, runner: TaskRunner, *, random_weights: bool | None = None,
-                 parent=None) -> None:
+    def __init__(self, viewer, runner: TaskRunner, messages: Messages, *,
+                 random_weights: bool | None = None, parent=None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        self.models = ModelsBox(runner, random_weights=random_weights)
+        self.models = ModelsBox(runner, messages, random_weights=random_weights)
         layout.addWidget(self.models)
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
@@ -83,22 +76,24 @@ class SetupPanel(QWidget):
         advanced = QCollapsible("Advanced")
         advanced.addWidget(self.models.random_check)
         layout.addWidget(advanced)
-        self.models.changed.connect(self.changed)
-        self.models.status.connect(self.status)
-        self.models.busy.connect(self.busy)
+        self.models.changed.connect(self._emit_changed)
         for combo in (self.device_combo, self.dtype_combo, self.stack_combo):
-            combo.currentIndexChanged.connect(self.changed)
+            combo.currentIndexChanged.connect(self._emit_changed)
         self.stack_combo.currentIndexChanged.connect(self._describe_axes)
         self.image_combo.layer_changed.connect(self._on_image)
         self._on_image(self.image_combo.current_layer())
 
     # ------------------------------------------------------------------ choices
-    @property
-    def random_weights(self) -> bool:
-        return self.models.random_weights
-
     def image_layer(self):
         return self.image_combo.current_layer()
+
+    def choices(self) -> SetupChoices:
+        """What the section holds now."""
+        stack = self.stack_combo.currentData() if self.stack_combo.count() else None
+        stack = None if stack is None or stack < 0 else int(stack)
+        return SetupChoices(self.image_layer(), stack, self.models.interactive_choice(),
+                            self.models.propagation_choice(), self.device_combo.currentText(),
+                            self.dtype_combo.currentText())
 
     def axes(self) -> ImageAxes:
         """The axis layout chosen for the image layer.
@@ -108,35 +103,10 @@ class SetupPanel(QWidget):
         AxesError
             No image layer, or one the widget cannot segment.
         """
-        image = self.image_layer()
-        if image is None:
-            raise AxesError("no image layer: open an image and choose it under Setup")
-        stack = self.stack_combo.currentData() if self.stack_combo.count() else None
-        stack = None if stack is None or stack < 0 else int(stack)
-        return ImageAxes(int(image.ndim), stack, bool(getattr(image, "rgb", False)))
+        return self.choices().axes()
 
-    def interactive_choice(self) -> ModelChoice:
-        return self.models.interactive_choice()
-
-    def propagation_choice(self) -> ModelChoice:
-        return self.models.propagation_choice()
-
-    def device(self) -> str:
-        return self.device_combo.currentText()
-
-    def dtype(self) -> str:
-        return self.dtype_combo.currentText()
-
-    def select_models(self, interactive: str | None = None, propagation: str | None = None) -> None:
-        """Select models by id (e.g. ``"sam_test_tiny"`` in random-weights mode)."""
-        self.models.select_models(interactive, propagation)
-
-    def set_stack_axis(self, axis: int | None) -> None:
-        """Choose the stack axis (None for a 2D image)."""
-        index = self.stack_combo.findData(-1 if axis is None else int(axis))
-        if index < 0:
-            raise AxesError(f"axis {axis} cannot be the stack axis of this image")
-        self.stack_combo.setCurrentIndex(index)
+    def _emit_changed(self, *_args) -> None:
+        self.changed.emit(self.choices())
 
     # ------------------------------------------------------------------ image and axes
     def _on_image(self, layer) -> None:
@@ -163,8 +133,7 @@ class SetupPanel(QWidget):
         self._describe_axes()
         if problem:
             self._set_axes_text(problem)
-        self.image_changed.emit(layer)
-        self.changed.emit()
+        self._emit_changed()
 
     def _describe_axes(self, *_args) -> None:
         try:

@@ -2,7 +2,8 @@
 
 Each task yields small event objects (`Status`, `api.Progress`, `PreviewResult`,
 `FrameResult`) that the widget handles in the GUI thread. A task never raises: the worker
-wrapper (`guarded`) turns an exception into a `Failed` event.
+wrapper (`guarded`) turns an exception into a `Failed` event, its message from
+`describe_error` (the one place the GUI maps the package's error tree).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 
 from ..api.prompts_file import ObjectPrompt
 from ..api.segmenter import Progress
+from ..errors import Cancelled, UserError, report_internal_error
 from .session import SegmenterHolder, SegmenterSpec
 
 __all__ = ["DownloadCancelled", "Failed", "FrameResult", "PreviewResult", "Status", "describe_error",
-           "download_weights", "is_user_error", "embed_task", "guarded", "preview_task", "propagate_task"]
+           "download_weights", "embed_task", "guarded", "preview_task", "propagate_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +35,15 @@ class Status:
 
 @dataclass(frozen=True)
 class Failed:
-    """A task stopped on an error."""
+    """A task stopped on an error; `message` is its `describe_error` text."""
 
     message: str
     error: BaseException
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the error is a `Cancelled` (a neutral message, not an error)."""
+        return isinstance(self.error, Cancelled)
 
 
 @dataclass(frozen=True)
@@ -58,49 +65,29 @@ class FrameResult:
     progress: Progress
 
 
-#: Errors whose message is meant for the user as it is (no type name, no traceback in the log).
-_USER_ERRORS: tuple[type[BaseException], ...] = ()
+def describe_error(exc: BaseException, during: str) -> str:
+    """The status line's text for `exc`, raised during `during` (e.g. ``"the live preview"``).
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    global _USER_ERRORS
-    if not _USER_ERRORS:
-        from ..api.segmenter import PromptPlacementError
-        from ..families import ModelChoiceError
-        from ..models.checkpoint import CheckpointError
-        from ..store import StackError
-        from ..weights import WeightsError
-        from .axes import AxesError
-        from .session import WeightsMissingError
-
-        _USER_ERRORS = (DownloadCancelled, ModelChoiceError, PromptPlacementError, CheckpointError,
-                        StackError, WeightsError, AxesError, WeightsMissingError, FileNotFoundError)
-    return _USER_ERRORS
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether `exc` is a problem of the user's input (its message is meant for them)."""
-    return isinstance(exc, _user_errors())
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line message for the status label / notification."""
-    if isinstance(exc, _user_errors()):
+    A `UserError` or a `Cancelled`: its message as is. Anything else is a bug or an unexpected
+    library failure: its traceback goes to the log file and the text says where
+    (`errors.report_internal_error`).
+    """
+    if isinstance(exc, UserError):
         return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, Cancelled):
+        return str(exc) or "cancelled"
+    return report_internal_error(exc, during)
 
 
-def guarded(fn: Callable[..., Iterator], *args, **kwargs) -> Iterator:
+def guarded(fn: Callable[..., Iterator], *args, during: str, **kwargs) -> Iterator:
     """Run generator function `fn`, turning any exception into a final `Failed` event."""
     try:
         yield from fn(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - reported to the user, never raised in a thread
-        if not isinstance(exc, _user_errors()):
-            logger.exception("FocSAM task %s failed", getattr(fn, "__name__", fn))
-        yield Failed(describe_error(exc), exc)
+        yield Failed(describe_error(exc, during), exc)
 
 
-class DownloadCancelled(RuntimeError):
+class DownloadCancelled(Cancelled):
     """The user cancelled a download."""
 
 

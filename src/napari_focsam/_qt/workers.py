@@ -3,7 +3,8 @@
 A task is a generator function from `tasks` (or a plain function); it gets a
 ``cancel_event`` keyword argument. Its events arrive in the GUI thread through ``on_event``;
 ``on_done(task)`` is called once it has stopped, whatever the reason (finished, cancelled,
-failed). Exceptions never escape a worker (see `tasks.guarded`).
+failed). Exceptions never escape a worker (see `tasks.guarded`). The runner's signals tell
+the controls when a task starts and ends.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import inspect
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Signal
 
 from .tasks import Failed, describe_error, guarded
 
@@ -47,7 +49,6 @@ class Task:
     reason: str = ""
     failed: Failed | None = None
     done: bool = False
-    info: dict = field(default_factory=dict)
 
     @property
     def cancelled(self) -> bool:
@@ -64,10 +65,22 @@ def _call(fn, *args, **kwargs):
     yield fn(*args, **kwargs)
 
 
-class TaskRunner:
-    """Starts, tracks and cancels the widget's worker threads (at most one per name)."""
+class TaskRunner(QObject):
+    """Starts, tracks and cancels the widget's worker threads (at most one per name).
 
-    def __init__(self) -> None:
+    Signals
+    -------
+    task_started(str)
+        A task of this name started.
+    task_finished(str)
+        A task of this name stopped (after its ``on_done``).
+    """
+
+    task_started = Signal(str)
+    task_finished = Signal(str)
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
         self.tasks: dict[str, Task] = {}
         #: Set by `shutdown`: events and ends of tasks are no longer handed to the widget.
         self.closed = False
@@ -77,8 +90,11 @@ class TaskRunner:
         return bool(self.tasks) if name is None else name in self.tasks
 
     def start(self, name: str, fn: Callable, *args, on_event: Callable[[object], None],
-              on_done: Callable[[Task], None] | None = None, **kwargs) -> Task:
+              on_done: Callable[[Task], None] | None = None, during: str | None = None,
+              **kwargs) -> Task:
         """Run `fn(*args, cancel_event=..., **kwargs)` in a worker thread.
+
+        `during` names the work in error messages (default: ``"the <name> task"``).
 
         Raises
         ------
@@ -90,10 +106,11 @@ class TaskRunner:
         if self.closed:
             raise RuntimeError("the widget was closed")
         cancel_event = threading.Event()
+        during = during or f"the {name} task"
         if inspect.isgeneratorfunction(fn):
-            generator = guarded(fn, *args, cancel_event=cancel_event, **kwargs)
+            generator = guarded(fn, *args, during=during, cancel_event=cancel_event, **kwargs)
         else:
-            generator = guarded(_call, fn, *args, cancel_event=cancel_event, **kwargs)
+            generator = guarded(_call, fn, *args, during=during, cancel_event=cancel_event, **kwargs)
         worker = create_worker(_drive, generator, _start_thread=False)
         task = Task(name, worker, cancel_event, generator)
 
@@ -108,12 +125,13 @@ class TaskRunner:
                 logger.exception("FocSAM: handling an event of %s failed", task.name)
 
         worker.yielded.connect(relay)
-        worker.finished.connect(partial(self._finished, task, on_done))
+        worker.finished.connect(partial(self._finished, task, on_done, during))
         self.tasks[name] = task
         worker.start()
+        self.task_started.emit(name)
         return task
 
-    def _finished(self, task: Task, on_done: Callable[[Task], None] | None) -> None:
+    def _finished(self, task: Task, on_done: Callable[[Task], None] | None, during: str) -> None:
         task.done = True
         if self.tasks.get(task.name) is task:
             del self.tasks[task.name]
@@ -121,12 +139,14 @@ class TaskRunner:
             task.generator.close()  # runs the task's cleanup if the worker was told to quit
         except Exception:  # noqa: BLE001 - cleanup of an aborted task; nothing to report
             logger.debug("closing task %s", task.name, exc_info=True)
-        if on_done is not None and not self.closed:
+        if self.closed:
+            return
+        if on_done is not None:
             try:
                 on_done(task)
             except Exception as exc:  # noqa: BLE001 - a slot must never raise into Qt
-                logger.exception("FocSAM: handling the end of %s failed", task.name)
-                task.failed = Failed(describe_error(exc), exc)
+                task.failed = Failed(describe_error(exc, f"the end of {during}"), exc)
+        self.task_finished.emit(task.name)
 
     def cancel(self, name: str | None = None, reason: str = "cancelled") -> list[Task]:
         """Ask task `name` (every task when None) to stop; it stops after its current step."""

@@ -1,52 +1,44 @@
-"""``napari-focsam evaluate-stack``: propagation quality against ground-truth label stacks."""
+"""``napari-focsam evaluate-stack``: per-frame IoU, mean J and drift of propagated objects
+against a ground-truth label stack."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from .cli_errors import EXIT_OK, run_with_exit_codes
+from .common import device_options, model_options, set_command
+from .segmenter import load_models
 
-__all__ = ["add_evaluate_stack_parser", "run_evaluate_stack"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["add_parser", "run"]
 
 
-def add_evaluate_stack_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``evaluate-stack`` to the ``napari-focsam`` parser."""
-    p = sub.add_parser(
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``evaluate-stack`` to the ``napari-focsam`` subcommands; returns its parser."""
+    p = subparsers.add_parser(
         "evaluate-stack",
         help="per-frame IoU, mean J and drift of propagated objects vs ground-truth labels",
         description="Score a predicted label stack (--pred), or run the models on --image with "
-                    "one simulated click per ground-truth object and score the result.")
+                    "one simulated click per ground-truth object and score the result.",
+        parents=[model_options(propagation=True), device_options()])
     p.add_argument("--gt", type=Path, required=True, help="ground-truth label stack (T, H, W)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pred", type=Path, help="predicted label stack to score")
     src.add_argument("--image", type=Path, help="image stack to segment and propagate")
-    p.add_argument("--model", default="sam_vit_b", help="interactive model (with --image)")
-    p.add_argument("--weights", default=None, help="its checkpoint ('random' for random weights)")
-    p.add_argument("--propagation-model", default="sam2.1_hiera_tiny", help="SAM 2 model")
-    p.add_argument("--propagation-weights", default=None, help="its checkpoint, or 'random'")
     p.add_argument("--click-frame", choices=("largest", "first"), default="largest",
                    help="frame of each object's simulated click")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
     p.add_argument("--out", type=Path, required=True, help="folder for per_frame.csv, summary.json")
+    set_command(p, run, interrupted="no report written")
+    return p
 
 
-def run_evaluate_stack(args: argparse.Namespace) -> int:
-    """Run ``evaluate-stack``; exit codes of `cli_errors.run_with_exit_codes` (0 done, 2 bad
-    input, 3-5 weights, 130 interrupted)."""
-    return run_with_exit_codes(lambda: _run(args), "no report written")
-
-
-def _run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Score ``--pred`` (or the labels propagated on ``--image``) against ``--gt``; write the
+    report (and, with ``--image``, the predicted labels) to ``--out``."""
     import numpy as np
 
-    from .api.io import open_image, write_labels_tiff
-    from .evaluation.stack import evaluate_stack, write_stack_report
+    from ..api.io import open_image, write_labels_tiff
+    from ..evaluation.stack import evaluate_stack, write_stack_report
 
     gt = np.asarray(open_image(args.gt))
     settings: dict = {"gt": str(args.gt)}
@@ -55,15 +47,11 @@ def _run(args: argparse.Namespace) -> int:
         settings["pred"] = str(args.pred)
         prompt_frames = None
     else:
-        from .api.models import load_model
-        from .api.segmenter import Segmenter
-        from .evaluation.stack_prompts import prompts_from_ground_truth
+        from ..api.segmenter import Segmenter
+        from ..evaluation.stack_prompts import prompts_from_ground_truth
 
         prompts = prompts_from_ground_truth(gt, args.click_frame)
-        common = {"device": args.device, "dtype": args.dtype}
-        interactive = load_model(args.model, weights=args.weights, role="interactive", **common)
-        propagation = load_model(args.propagation_model, weights=args.propagation_weights,
-                                 role="propagation", **common)
+        interactive, propagation = load_models(args, with_propagation=True)
         seg = Segmenter(open_image(args.image), interactive=interactive,
                         propagation=propagation, stack_axis=0)
         for _ in seg.propagate(prompts, "both"):
@@ -78,4 +66,4 @@ def _run(args: argparse.Namespace) -> int:
         write_labels_tiff(out / "pred_labels.tif", pred)
     sys.stdout.write(f"mean J {score.mean_j:.4f} over {len(score.objects)} objects; "
                      f"{len(score.false_positive_ids)} unmatched predictions; report in {out}\n")
-    return EXIT_OK
+    return 0

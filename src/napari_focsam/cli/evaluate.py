@@ -1,23 +1,32 @@
-"""``napari-focsam evaluate``: NoC of an interactive model on a benchmark dataset.
-
-Exit codes: 0 done; 2 bad input (dataset folder, model choice, checkpoint file, settings);
-3-5 weights problems (as ``weights``: download, verification, offline); 130 interrupted
-(nothing written).
-"""
+"""``napari-focsam evaluate``: NoC@85/90/95 and mIoU@k of an interactive model with the
+FocSAM click protocol on a standard dataset layout."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from .cli_errors import EXIT_OK, run_with_exit_codes
+from .common import device_options, model_options, quiet_option, set_command, show_progress
 
-__all__ = ["add_evaluate_parser", "run_evaluate"]
+__all__ = ["add_parser", "run"]
 
-logger = logging.getLogger(__name__)
 
+class _DatasetNames:
+    """``choices`` of ``--dataset``, read from `evaluation.datasets.DATASETS` when argparse
+    first looks (the evaluation package imports torch: not for ``napari-focsam weights``)."""
+
+    def _names(self) -> tuple[str, ...]:
+        from ..evaluation.datasets import DATASETS
+
+        return tuple(DATASETS)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
 
 
 def _positive_int(text: str) -> int:
@@ -30,31 +39,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``evaluate`` to the ``napari-focsam`` parser.
-
-    Parameters
-    ----------
-    subparsers : argparse._SubParsersAction
-        From ``parser.add_subparsers()``.
-
-    Returns
-    -------
-    argparse.ArgumentParser
-        The ``evaluate`` parser.
-    """
-    from .evaluation.datasets import DATASETS
-
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``evaluate`` to the ``napari-focsam`` subcommands; returns its parser."""
     p = subparsers.add_parser(
         "evaluate", help="NoC@85/90/95 and mIoU@k of an interactive model on a dataset",
         description="Simulated clicks (FocSAM protocol) on every object of a dataset; writes "
-                    "per_sample.csv and summary.json to --out.")
-    p.add_argument("--model", required=True,
-                   help="interactive model: registry id (see 'weights list') or config name")
-    p.add_argument("--weights", default=None,
-                   help="checkpoint file of --model ('random' for random weights)")
-    p.add_argument("--dataset", required=True, type=str.lower, choices=tuple(DATASETS),
-                   help="dataset layout")
+                    "per_sample.csv and summary.json to --out.",
+        parents=[model_options(default=None), device_options(), quiet_option()])
+    p.add_argument("--dataset", required=True, type=str.lower, choices=_DatasetNames(),
+                   metavar="NAME", help="dataset layout: %(choices)s")
     p.add_argument("--dataset-dir", required=True, type=Path, help="dataset folder")
     p.add_argument("--out", required=True, type=Path,
                    help="folder for per_sample.csv and summary.json")
@@ -67,10 +60,7 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="a second model run on the same samples with the same seed")
     p.add_argument("--compare-weights", default=None,
                    help="checkpoint file of --compare ('random' for random weights)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto")
-    p.add_argument("--dtype", default="auto", help="fp32, bf16, fp16 or auto")
-    p.add_argument("--offline", action="store_true", help="never download weights")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    set_command(p, run, interrupted="no results written")
     return p
 
 
@@ -88,48 +78,17 @@ def _format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .evaluation.run import run_noc
+def run(args: argparse.Namespace) -> int:
+    """Evaluate ``--model`` (and ``--compare``); print the summary and where it was written."""
+    from ..evaluation.run import run_noc
 
     progress = run_noc(args.model, args.dataset, args.dataset_dir, weights=args.weights,
                        device=args.device, dtype=args.dtype, max_clicks=args.max_clicks,
                        limit=args.limit, seed=args.seed, out_dir=args.out,
                        compare=args.compare, compare_weights=args.compare_weights,
                        offline=args.offline or None)
-    bar = None
-    try:
-        while True:
-            try:
-                p = next(progress)
-            except StopIteration as stop:
-                report = stop.value
-                break
-            if bar is None:
-                bar = tqdm(total=p.total, desc="evaluate", unit="sample", file=sys.stderr,
-                           disable=args.quiet or None)
-            bar.set_postfix_str(p.model, refresh=False)
-            bar.update(p.done - bar.n)
-    finally:
-        if bar is not None:
-            bar.close()
-        progress.close()
+    report = show_progress(progress, quiet=args.quiet, unit="sample", label=lambda p: "evaluate",
+                           postfix=lambda p: p.model)
     sys.stdout.write(_format_summary(report.summary) + "\n")
     sys.stdout.write(f"written: {report.per_sample_csv}, {report.summary_json}\n")
-    return EXIT_OK
-
-
-def run_evaluate(args: argparse.Namespace) -> int:
-    """Run ``evaluate``; returns the exit code (see the module docstring).
-
-    Parameters
-    ----------
-    args : argparse.Namespace
-        Parsed by the parser of `add_evaluate_parser`.
-
-    Returns
-    -------
-    int
-    """
-    return run_with_exit_codes(lambda: _run(args), "no results written")
+    return 0

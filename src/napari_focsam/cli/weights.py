@@ -2,19 +2,17 @@
 
 Subcommands
 -----------
-weights list
+weights list [--check]
     Every registered checkpoint: id, family, cache state, approximate size, cache path.
-weights download MODEL [--url BASE] [--cache-dir DIR]
+weights download MODEL [--url BASE] [--no-progress]
     Download (and verify) a checkpoint into the cache; a progress bar goes to stderr.
 weights verify MODEL [--file PATH] [--deep]
     Check the cached file (or ``PATH``) against the published or first-recorded SHA-256.
 weights path MODEL
     Print where the checkpoint is, or should be put, in the cache.
 
-Exit codes
-----------
-0 ok, 2 unknown model or bad usage, 3 download / network error, 4 hash mismatch or failed
-verification, 5 offline and the file is not cached.
+Each takes ``--cache-dir``. Imports neither torch nor requests (a download or a deep check
+does, when it runs).
 """
 
 from __future__ import annotations
@@ -23,12 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .weights import (
-    DownloadError,
-    UnknownModelError,
-    WeightsError,
-    WeightsNotAvailableError,
-    WeightsVerificationError,
+from ..weights import (
     cached_path,
     expected_sha256,
     fetch_weights,
@@ -37,60 +30,53 @@ from .weights import (
     verify_weights,
     weights_status,
 )
+from .common import set_command
 
-__all__ = ["EXIT_DOWNLOAD", "EXIT_OFFLINE", "EXIT_OK", "EXIT_USAGE", "EXIT_VERIFY",
-           "add_weights_parser", "run_weights"]
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_DOWNLOAD = 3
-EXIT_VERIFY = 4
-EXIT_OFFLINE = 5
+__all__ = ["add_parser"]
 
 
-def add_weights_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``weights`` command (and its subcommands) to ``subparsers``; returns its parser.
-
-    The parsed namespace has ``command == "weights"`` and ``weights_command`` in
-    ``{"list", "download", "verify", "path"}``; pass it to :func:`run_weights`.
-    """
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``weights`` and its subcommands to the ``napari-focsam`` subcommands; returns its
+    parser."""
     weights = subparsers.add_parser("weights", help="list, download and check model checkpoints",
                                     description=__doc__.split("\n")[0])
     actions = weights.add_subparsers(dest="weights_command", required=True)
-
-    def cache_dir_arg(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--cache-dir", type=Path, default=None,
+    cache = argparse.ArgumentParser(add_help=False)
+    cache.add_argument("--cache-dir", type=Path, default=None,
                        help="weights cache folder (default: $NAPARI_FOCSAM_WEIGHTS_DIR or the user "
                             "cache folder)")
 
-    lst = actions.add_parser("list", help="registered checkpoints and their cache state")
+    lst = actions.add_parser("list", help="registered checkpoints and their cache state",
+                             parents=[cache])
     lst.add_argument("--check", action="store_true",
                      help="hash the cached files (slow for GB files)")
-    cache_dir_arg(lst)
+    set_command(lst, _list)
 
-    dl = actions.add_parser("download", help="download a checkpoint into the cache")
+    dl = actions.add_parser("download", help="download a checkpoint into the cache",
+                            parents=[cache])
     dl.add_argument("model", help="model id (see `weights list`)")
     dl.add_argument("--url", default=None, metavar="BASE",
                     help="mirror base URL: fetch <BASE>/<file name> (default: "
                          "$NAPARI_FOCSAM_WEIGHTS_URL, else the official URL)")
     dl.add_argument("--no-progress", action="store_true", help="no progress bar")
-    cache_dir_arg(dl)
+    set_command(dl, _download, interrupted="nothing written (the partial download is deleted)")
 
-    ver = actions.add_parser("verify", help="check a checkpoint's SHA-256")
+    ver = actions.add_parser("verify", help="check a checkpoint's SHA-256", parents=[cache])
     ver.add_argument("model", help="model id (see `weights list`)")
     ver.add_argument("--file", type=Path, default=None, metavar="PATH",
                      help="check this file instead of the cached one")
     ver.add_argument("--deep", action="store_true",
                      help="also load it and check the model family (slow)")
-    cache_dir_arg(ver)
+    set_command(ver, _verify)
 
-    path = actions.add_parser("path", help="print where a checkpoint is (or goes) in the cache")
+    path = actions.add_parser("path", help="print where a checkpoint is (or goes) in the cache",
+                              parents=[cache])
     path.add_argument("model", help="model id (see `weights list`)")
-    cache_dir_arg(path)
+    set_command(path, _path)
     return weights
 
 
-def _size(n: int | None) -> str:
+def _size(n: float | None) -> str:
     if not n:
         return "?"
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -111,14 +97,14 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row[:4], widths, strict=True)]
         sys.stdout.write("  ".join([*cells, row[4]]) + "\n")
-    return EXIT_OK
+    return 0
 
 
 def _download(args: argparse.Namespace) -> int:
     path = fetch_weights(args.model, cache_dir=args.cache_dir, url=args.url,
                          progress=not args.no_progress)
     sys.stdout.write(f"{path}\n")
-    return EXIT_OK
+    return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -131,34 +117,10 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         note = f"matches the {'published' if spec.sha256 else 'recorded'} hash"
     sys.stdout.write(f"OK {path}: sha256 {digest} ({note})\n")
-    return EXIT_OK
+    return 0
 
 
 def _path(args: argparse.Namespace) -> int:
     get_spec(args.model)
     sys.stdout.write(f"{cached_path(args.model, args.cache_dir)}\n")
-    return EXIT_OK
-
-
-_ACTIONS = {"list": _list, "download": _download, "verify": _verify, "path": _path}
-
-
-def run_weights(args: argparse.Namespace) -> int:
-    """Run a parsed ``weights`` command; returns the exit code (see the module doc).
-
-    Errors are written to stderr as one ``napari-focsam: error: ...`` line.
-    """
-    try:
-        return _ACTIONS[args.weights_command](args)
-    except UnknownModelError as exc:
-        code, message = EXIT_USAGE, str(exc)
-    except WeightsNotAvailableError as exc:
-        code, message = EXIT_OFFLINE, str(exc)
-    except DownloadError as exc:
-        code, message = EXIT_DOWNLOAD, str(exc)
-    except WeightsVerificationError as exc:
-        code, message = EXIT_VERIFY, str(exc)
-    except WeightsError as exc:  # pragma: no cover - every subclass is handled above
-        code, message = 1, str(exc)
-    sys.stderr.write(f"napari-focsam: error: {message}\n")
-    return code
+    return 0
