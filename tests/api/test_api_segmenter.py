@@ -521,3 +521,23 @@ def test_sam2_preview_is_the_mask_propagation_starts_from():
     assert [(r.frame, r.obj_ids) for r in results] == [(0, (prompt.obj_id,))]
     np.testing.assert_array_equal(results[0].logits[0, 0].numpy(), clicked.logits[0])
     np.testing.assert_array_equal(seg.labels[0] == prompt.obj_id, preview)
+
+
+def test_the_propagation_model_can_come_later(sam, sam2):
+    """Previews need only the interactive model; the propagation model is attached when first
+    needed, keeping the interactive embeddings."""
+    seg = Segmenter(_tiny_stack(), interactive=sam, stack_axis=0, cache_root=False)
+    prompt = _smoke_prompts()[0]
+    seg.draw_object(prompt)
+    with pytest.raises(ModelChoiceError, match="propagation needs"):
+        seg.propagate([prompt])
+    calls = seg.encoder_calls
+    with pytest.raises(ModelChoiceError, match="must be SAM 2"):
+        seg.set_propagation(sam)
+    seg.set_propagation(sam2)
+    assert set(seg.stores) == {"interactive", "propagation"}
+    steps = list(seg.propagate([prompt], "forward"))
+    assert [s.frame for s in steps] == [1]
+    assert seg.encoder_calls == calls + 1  # only SAM 2's frame 1; SAM's frame 1 was cached
+    seg.set_propagation(None)
+    assert set(seg.stores) == {"interactive"} and seg.propagation is None

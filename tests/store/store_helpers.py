@@ -46,6 +46,9 @@ class FakeEncoder:
     def to_features(self, arrays, frame_shape):
         return dict(arrays)
 
+    def modules(self):
+        return ()
+
     @property
     def frames_encoded(self) -> int:
         return sum(self.calls)

@@ -92,21 +92,16 @@ class Segmenter:
         if not interactive.can(Role.INTERACTIVE):
             raise ModelChoiceError(f"{interactive.model_id!r} ({interactive.family.title}) cannot "
                                    "be the interactive model")
-        if propagation is not None and not propagation.can(Role.PROPAGATION):
-            raise ModelChoiceError(f"the propagation model must be SAM 2, got {propagation.model_id!r} "
-                                   f"({propagation.family.title})")
         self.source = StackSource(data, stack_axis=stack_axis, channel_axis=channel_axis,
                                   outer_axis=outer_axis)
         self.interactive = interactive
-        self.propagation = propagation
+        self.propagation: LoadedModel | None = None
         self.options = options or PropagationOptions()
-        store_kw = {"cache_root": cache_root, "ram_bytes": ram_bytes, "disk_dtype": disk_dtype}
+        self._store_kw = {"cache_root": cache_root, "ram_bytes": ram_bytes, "disk_dtype": disk_dtype}
         self.stores: dict[str, EmbeddingStore] = {
-            "interactive": EmbeddingStore(self.source, interactive.stack_encoder(), **store_kw)}
+            "interactive": EmbeddingStore(self.source, interactive.stack_encoder(), **self._store_kw)}
         if propagation is not None:
-            self.stores["propagation"] = (self.stores["interactive"] if propagation is interactive
-                                          else EmbeddingStore(self.source, propagation.stack_encoder(),
-                                                              **store_kw))
+            self.set_propagation(propagation)
         h, w = self.source.frame_shape
         self.labels = np.zeros((len(self.source), h, w), dtype=np.int32)
         #: The interactive model's engine predictor (its frame: `_predictor_frame`).
@@ -114,6 +109,27 @@ class Segmenter:
         #: Click sessions by object id (with their box), valid for `_predictor_frame` only.
         self._sessions: dict[int, tuple[tuple | None, ClickSession]] = {}
         self._predictor_frame: int | None = None
+
+    def set_propagation(self, propagation: LoadedModel | None) -> None:
+        """Use `propagation` as the propagation model from now on (None: none), e.g. once the
+        user first asks for propagation; the interactive model and its embeddings stay.
+
+        Raises
+        ------
+        ModelChoiceError
+            `propagation` cannot propagate.
+        """
+        if propagation is not None and not propagation.can(Role.PROPAGATION):
+            raise ModelChoiceError(f"the propagation model must be SAM 2, got {propagation.model_id!r} "
+                                   f"({propagation.family.title})")
+        self.propagation = propagation
+        if propagation is None:
+            self.stores.pop("propagation", None)
+        elif propagation is self.interactive:
+            self.stores["propagation"] = self.stores["interactive"]
+        else:
+            self.stores["propagation"] = EmbeddingStore(self.source, propagation.stack_encoder(),
+                                                        **self._store_kw)
 
     # ------------------------------------------------------------------ geometry
     @property

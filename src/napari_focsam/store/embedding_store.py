@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.cancel import Interrupted, stop_on
 from .cache_spec import CacheCorruptError, CacheSpec, CacheWriteError, resolve_cache_root
 from .disk_cache import DiskCache
 from .encoder_base import FrameEncoder
@@ -244,8 +245,9 @@ class EmbeddingStore:
 
         A generator: cached frames are reported first (``from_cache=True``), then each encoded
         frame once its batch is written to disk and RAM. Stop it at any time (stop iterating /
-        ``close()``, or set `cancel_event`; checked before each batch): frames already written
-        stay valid, and a later call encodes only the rest.
+        ``close()``, or set `cancel_event`: checked before each batch and between the encoder's
+        blocks, see `engine.cancel.stop_on`): frames already written stay valid, and a later
+        call encodes only the rest.
 
         Yields
         ------
@@ -277,7 +279,12 @@ class EmbeddingStore:
                 return
             with self._lock:
                 batch = [i for i in todo[start:start + self.batch_size] if not self.is_cached(i)]
-                error = self._encode_and_store(batch)[1] if batch else None
+                try:
+                    with stop_on(cancel_event, *self.encoder.modules()):
+                        error = self._encode_and_store(batch)[1] if batch else None
+                except Interrupted:
+                    logger.info("embedding computation cancelled during frames %s", batch)
+                    return
             if error is not None:
                 raise error
             for i in todo[start:start + self.batch_size]:

@@ -43,6 +43,10 @@ class FrameEncoder(Protocol):
     def to_features(self, arrays: Mapping[str, np.ndarray], frame_shape: tuple[int, int]) -> Any:
         """Cached arrays of one frame -> the consumer's features."""
 
+    def modules(self) -> tuple[nn.Module, ...]:
+        """The modules `encode` runs (their blocks check a cancel event, see
+        `napari_focsam.engine.cancel.stop_on`)."""
+
 
 def model_fingerprint(module: nn.Module, samples: int = 1024) -> str:
     """Cheap, deterministic fingerprint of a module's weights.

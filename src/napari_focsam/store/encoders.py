@@ -91,6 +91,9 @@ class SamEncoder:
             emb = pred.sam.image_encoder(torch.cat(inputs))  # (B, C, E, E)
         return [{"image_embeddings": e} for e in split_batch(emb)]
 
+    def modules(self) -> tuple[torch.nn.Module, ...]:
+        return (self.predictor.sam.image_encoder,)
+
     def to_features(self, arrays: Mapping[str, np.ndarray],
                     frame_shape: tuple[int, int]) -> torch.Tensor:
         """``(1, C, E, E)`` float32 embeddings on the device, for ``predictor.set_frame``."""

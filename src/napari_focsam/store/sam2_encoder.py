@@ -108,6 +108,9 @@ class Sam2Encoder:
         with torch.no_grad(), autocast_context(self.device, self.encoder_dtype):
             return conv(x).dtype
 
+    def modules(self) -> tuple[nn.Module, ...]:
+        return (self.model.image_encoder,)
+
     def to_features(self, arrays: Mapping[str, np.ndarray], frame_shape: tuple[int, int]):
         """A ``Sam2FrameFeatures`` (batch 1, float32, on the model's device)."""
         from ..models.sam2.model import Sam2FrameFeatures
