@@ -74,8 +74,23 @@ def test_relative_position_table_resamples_other_lengths():
     assert relative_position_table(6, 6, table).shape == (6, 6, 2)
 
 
+#: bf16 keeps 8 significant bits: about 2^-8 relative rounding per operation.
+BF16_EPS = 2.0 ** -8
+
+
+def _relative_norm(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
 def test_global_and_window_blocks_are_chunk_independent(monkeypatch):
-    """Query-row chunking of the bias changes nothing but memory."""
+    """Query-row chunking of the bias changes nothing but memory.
+
+    In fp32 the chunked and whole results agree to fp32 reordering. In bf16 they may round
+    differently (GEMM blocking differs between CPUs, e.g. with AMX), so the bound comes from
+    bf16's rounding, not from one CPU's results: both stay as close to the fp32 result as bf16
+    allows (a few roundings of 2^-8 over the encoder's blocks, in norm), and no element of the
+    chunked result moves by more than a few roundings of the output's scale.
+    """
     from napari_focsam.models.sam import image_encoder
 
     torch.manual_seed(0)
@@ -90,7 +105,11 @@ def test_global_and_window_blocks_are_chunk_independent(monkeypatch):
             monkeypatch.setattr(image_encoder, "BMM_CHUNK_BYTES", 1)
             chunked16 = model.image_encoder(x)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(chunked16, whole16)  # bf16 tolerances
+    scale = float(whole.abs().max())
+    assert _relative_norm(whole16, whole) < 4 * BF16_EPS
+    assert _relative_norm(chunked16, whole) < 4 * BF16_EPS
+    assert _relative_norm(chunked16, whole16) < 2 * BF16_EPS
+    assert float((chunked16.float() - whole16.float()).abs().max()) < 8 * BF16_EPS * scale
 
 
 def test_upscale_and_project_equals_the_conv_formulation():
