@@ -4,25 +4,38 @@ Layout: one array per feature name shaped ``(N, *feature_shape)`` (one frame per
 or float16), a ``crc`` array ``(N,)`` uint32 (CRC-32 of each frame's stored bytes, checked on
 every read) and a ``done`` array ``(N,)`` bool set only after a frame's arrays and CRC are
 written; the group attributes (written last) describe what the entry holds. A store that does
-not match the expected `CacheSpec`, or cannot be read, is deleted and recreated (with a warning)
-unless ``strict``; a frame whose data fails its CRC or cannot be decoded is recomputed.
+not match the expected `CacheSpec`, or cannot be read, is moved aside, deleted and recreated
+(with a warning) unless ``strict``; a frame whose data fails its CRC or cannot be decoded is
+recomputed.
+
+Several processes (and threads) may use one entry at once. Everything that changes it (create,
+rebuild, write, invalidate) happens under the entry's lock, a file ``<key>.zarr.lock`` next to
+it (`filelock`: released by the OS when a process dies); writers re-read the done flags under
+the lock (`DiskCache.refresh`) and encode only what is still missing, so no frame is encoded
+twice and nobody deletes what another process is writing. Readers need no lock: a frame's done
+flag is set only after its data and checksum are complete.
 
 Works with zarr 3 (tested) and should with zarr >= 2.16 (same group / array calls).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import threading
+import uuid
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from filelock import FileLock, Timeout
 
+from ..engine.cancel import Interrupted
 from .cache_spec import (
     ATTRS_KEY,
     FORMAT_VERSION,
@@ -33,9 +46,51 @@ from .cache_spec import (
     write_error,
 )
 
-__all__ = ["DiskCache"]
+__all__ = ["LOCK_SUFFIX", "DiskCache", "entry_lock"]
 
 logger = logging.getLogger(__name__)
+
+#: Suffix of an entry's lock file (``<key>.zarr.lock``).
+LOCK_SUFFIX = ".lock"
+#: Seconds between "waiting for another process" messages while an entry is locked.
+LOCK_POLL_S = 5.0
+
+
+@contextlib.contextmanager
+def entry_lock(path: Path, cancel_event: threading.Event | None = None) -> Iterator[None]:
+    """Hold the cross-process lock of the entry at `path` (waiting for other holders).
+
+    Raises
+    ------
+    napari_focsam.engine.cancel.Interrupted
+        `cancel_event` was set while waiting.
+    CacheWriteError
+        The lock file cannot be created (no permission, no space).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + LOCK_SUFFIX)
+    except OSError as err:
+        raise write_error(f"cannot create the lock of embedding cache {path}", err) from err
+    step = 0.5 if cancel_event is not None else LOCK_POLL_S
+    waited = logged = 0.0
+    while True:
+        try:
+            lock.acquire(timeout=step)
+            break
+        except Timeout:
+            waited += step
+            if cancel_event is not None and cancel_event.is_set():
+                raise Interrupted(f"stopped while waiting for the lock of {path}") from None
+            if waited - logged >= LOCK_POLL_S:
+                logger.info("waiting for another process using embedding cache %s", path)
+                logged = waited
+        except OSError as err:
+            raise write_error(f"cannot lock embedding cache {path}", err) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _find_oserror(exc: BaseException) -> OSError | None:
@@ -113,14 +168,15 @@ class DiskCache:
             The entry cannot be created (e.g. no space, no permission).
         """
         path = Path(path)
-        if path.exists():
-            try:
-                return cls._validate(path, spec)
-            except CacheError as err:
-                if strict:
-                    raise
-                logger.warning("embedding cache %s is unusable (%s); rebuilding it", path, err)
-        return cls._create(path, spec)
+        with entry_lock(path):
+            if path.exists():
+                try:
+                    return cls._validate(path, spec)
+                except CacheError as err:
+                    if strict:
+                        raise
+                    logger.warning("embedding cache %s is unusable (%s); rebuilding it", path, err)
+            return cls._create(path, spec)
 
     @classmethod
     def _validate(cls, path: Path, spec: CacheSpec) -> DiskCache:
@@ -202,6 +258,24 @@ class DiskCache:
         """``(N,)`` bool copy: frames whose features are on disk."""
         return self._done.copy()
 
+    def lock(self, cancel_event: threading.Event | None = None) -> contextlib.AbstractContextManager:
+        """The entry's cross-process lock (see the module docstring), as a context manager."""
+        return entry_lock(self.path, cancel_event)
+
+    def refresh(self) -> None:
+        """Re-read the done flags from disk (frames other processes wrote); call it with the
+        lock held."""
+        self._done = self._read_done(self._done_arr, self.n_frames)
+
+    def verify(self, index: int) -> bool:
+        """Whether done frame `index` reads back and passes its checksum (False otherwise)."""
+        try:
+            self.read(index)
+        except CacheCorruptError as err:
+            logger.warning("%s", err)
+            return False
+        return True
+
     def is_done(self, index: int) -> bool:
         return bool(self._done[index])
 
@@ -278,7 +352,8 @@ class DiskCache:
 
     def delete(self) -> None:
         """Remove the entry from disk."""
-        _remove(self.path)
+        with self.lock():
+            _remove(self.path)
         self._done[:] = False
 
 
@@ -288,8 +363,13 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _remove(path: Path) -> None:
+    """Delete an entry: renamed aside first (atomic), so nobody sees it half deleted."""
+    if not (path.exists() or path.is_symlink()):
+        return
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
+        trash = path.with_name(f".{path.name}.trash-{uuid.uuid4().hex[:8]}")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
         path.unlink()
 

@@ -11,6 +11,7 @@ propagation engine's ``FeatureProvider`` protocol (``__call__`` and ``__len__``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -117,7 +118,8 @@ class EmbeddingStore:
     @property
     def key(self) -> str:
         """Cache key of (content, model, preprocessing)."""
-        return cache_key(self.content_hash, self.encoder.model_id, self.encoder.preprocess_version)
+        return cache_key(self.content_hash, self.encoder.model_id, self.encoder.preprocess_version,
+                         self.disk_dtype)
 
     @property
     def path(self) -> Path | None:
@@ -173,21 +175,56 @@ class EmbeddingStore:
             if hit is not None:
                 return hit
             self.open()
-            if self._disk is not None and self._disk.is_done(i):
-                try:
-                    arrays = self._disk.read(i)
-                except CacheCorruptError as err:
-                    if self.strict:
-                        raise
-                    logger.warning("%s; recomputing the frame", err)
-                    self._disk.invalidate(i)
-                else:
-                    self.ram.put(i, arrays)
-                    return arrays
-            results, error = self._encode_and_store([i])
+            arrays = self._read_disk(i)
+            if arrays is not None:
+                return arrays
+            with self._disk_lock():
+                batch = self._to_encode([i])  # another process may have written it meanwhile
+                if not batch:
+                    arrays = self._read_disk(i)
+                    if arrays is not None:
+                        return arrays
+                results, error = self._encode_and_store([i])
             if error is not None:
                 logger.warning("%s; frame %d is not cached on disk", error, i)
             return results[0]
+
+    def _read_disk(self, i: int) -> dict[str, np.ndarray] | None:
+        """Frame `i` from disk into RAM; None if it is not done or fails its checksum."""
+        if self._disk is None or not self._disk.is_done(i):
+            return None
+        try:
+            arrays = self._disk.read(i)
+        except CacheCorruptError as err:
+            if self.strict:
+                raise
+            logger.warning("%s; recomputing the frame", err)
+            return None
+        self.ram.put(i, arrays)
+        return arrays
+
+    def _disk_lock(self, cancel_event: threading.Event | None = None):
+        """The disk entry's cross-process lock (a no-op context in RAM-only mode)."""
+        return contextlib.nullcontext() if self._disk is None else self._disk.lock(cancel_event)
+
+    def _to_encode(self, frames: Iterable[int]) -> list[int]:
+        """Of `frames`, those neither in RAM nor done and sound on disk (call with the disk lock
+        held: re-reads the done flags, clears those of corrupt frames)."""
+        disk = self._disk
+        if disk is not None:
+            disk.refresh()
+        out = []
+        for i in frames:
+            if i in self.ram:
+                continue
+            if disk is not None and disk.is_done(i):
+                if disk.verify(i):
+                    continue
+                if self.strict:
+                    raise CacheCorruptError(f"frame {i} of {disk.path} fails its checksum")
+                disk.invalidate(i)
+            out.append(i)
+        return out
 
     def features(self, index: int) -> Any:
         """The consumer's features of frame `index` (``encoder.to_features``)."""
@@ -264,7 +301,9 @@ class EmbeddingStore:
         total, done = len(indices), 0
         todo = []
         for i in indices:
-            if self.is_cached(i):
+            # a done flag is trusted only once the frame reads back and passes its checksum
+            if i in self.ram or (self._disk is not None and self._disk.is_done(i)
+                                 and self._disk.verify(i)):
                 done += 1
                 yield ComputeProgress(done, total, i, True)
             else:
@@ -277,17 +316,20 @@ class EmbeddingStore:
             if cancel_event is not None and cancel_event.is_set():
                 logger.info("embedding computation cancelled after %d / %d frames", done, total)
                 return
+            chunk = todo[start:start + self.batch_size]
+            batch: list[int] = []
             with self._lock:
-                batch = [i for i in todo[start:start + self.batch_size] if not self.is_cached(i)]
                 try:
-                    with stop_on(cancel_event, *self.encoder.modules()):
+                    with self._disk_lock(cancel_event), \
+                            stop_on(cancel_event, *self.encoder.modules()):
+                        batch = self._to_encode(chunk)
                         error = self._encode_and_store(batch)[1] if batch else None
                 except Interrupted:
-                    logger.info("embedding computation cancelled during frames %s", batch)
+                    logger.info("embedding computation cancelled during frames %s", batch or chunk)
                     return
             if error is not None:
                 raise error
-            for i in todo[start:start + self.batch_size]:
+            for i in chunk:
                 done += 1
                 yield ComputeProgress(done, total, i, i not in batch)
 

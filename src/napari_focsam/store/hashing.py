@@ -59,8 +59,9 @@ def content_hash(source: StackSource, *,
     return digest
 
 
-def cache_key(content_hash: str, model_id: str, preprocess_version: str) -> str:
-    """Name of the cache entry of one stack encoded by one model.
+def cache_key(content_hash: str, model_id: str, preprocess_version: str,
+              disk_dtype: str = "float32") -> str:
+    """Name of the cache entry of one stack encoded by one model, stored in one dtype.
 
     Parameters
     ----------
@@ -70,11 +71,13 @@ def cache_key(content_hash: str, model_id: str, preprocess_version: str) -> str:
         Identity of the encoder's weights and precision.
     preprocess_version : str
         Version of the encoder's preprocessing.
+    disk_dtype : str
+        Storage dtype of the entry (entries of different dtypes live side by side).
 
     Returns
     -------
     str
         32 hex characters (safe as a file name).
     """
-    payload = json.dumps([HASH_VERSION, content_hash, model_id, preprocess_version])
+    payload = json.dumps([HASH_VERSION, content_hash, model_id, preprocess_version, disk_dtype])
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
