@@ -180,7 +180,8 @@ class FamilyParts:
     interactive_predictor : callable or None
         ``(net, device, dtype) -> InteractivePredictor`` (see ``engine.interactive``).
     stack_encoder : callable
-        ``(net, device, dtype) -> FrameEncoder`` of the embedding store.
+        ``(net, device, dtype, model_id) -> FrameEncoder`` of the embedding store; `model_id`
+        identifies the weights in cache keys (None: a fingerprint of the weights).
     """
 
     configs: Mapping[str, Any]
@@ -189,7 +190,7 @@ class FamilyParts:
     read: Callable[[Path], Any]
     detect: Callable[[Any], bool]
     interactive_predictor: Callable[[nn.Module, torch.device, torch.dtype], Any] | None
-    stack_encoder: Callable[[nn.Module, torch.device, torch.dtype], Any]
+    stack_encoder: Callable[[nn.Module, torch.device, torch.dtype, str | None], Any]
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,11 @@ class ModelFamily:
             raise ModelChoiceError(f"{self.title} models cannot be the interactive model")
         return self.parts.interactive_predictor(net, device, dtype)
 
-    def stack_encoder(self, net: nn.Module, device: torch.device, dtype: torch.dtype):
-        """The embedding store's encoder adapter of `net` (``store.encoders``)."""
-        return self.parts.stack_encoder(net, device, dtype)
+    def stack_encoder(self, net: nn.Module, device: torch.device, dtype: torch.dtype,
+                      model_id: str | None = None):
+        """The embedding store's encoder adapter of `net` (``store.encoders``); `model_id`
+        names the weights in cache keys (None: a fingerprint of them)."""
+        return self.parts.stack_encoder(net, device, dtype, model_id)
 
 
 @functools.cache
@@ -274,7 +277,8 @@ def _sam_parts() -> FamilyParts:
         return SamPredictor(net, device=device, encoder_dtype=dtype)
 
     return FamilyParts(SAM_CONFIGS, build_sam, load_sam, read_checkpoint, is_sam_checkpoint,
-                       predictor, lambda net, device, dtype: SamEncoder(predictor(net, device, dtype)))
+                       predictor, lambda net, device, dtype, model_id: SamEncoder(
+                           predictor(net, device, dtype), model_id=model_id))
 
 
 @functools.cache
@@ -295,7 +299,8 @@ def _focsam_parts() -> FamilyParts:
     return FamilyParts(FOCSAM_CONFIGS, build_focsam, load_focsam,
                        lambda path: {"state_dict": read_focsam_checkpoint(path)},
                        is_focsam_checkpoint, predictor,
-                       lambda net, device, dtype: SamEncoder(predictor(net, device, dtype)))
+                       lambda net, device, dtype, model_id: SamEncoder(
+                           predictor(net, device, dtype), model_id=model_id))
 
 
 @functools.cache
@@ -308,7 +313,8 @@ def _sam2_parts() -> FamilyParts:
     return FamilyParts(
         SAM2_CONFIGS, build_sam2, load_sam2, read_checkpoint, is_sam2_checkpoint,
         lambda net, device, dtype: Sam2ImagePredictor(net, device=device, dtype=dtype),
-        lambda net, device, dtype: Sam2Encoder(net, device=device, encoder_dtype=dtype))
+        lambda net, device, dtype, model_id: Sam2Encoder(net, device=device, encoder_dtype=dtype,
+                                                         model_id=model_id))
 
 
 SAM = ModelFamily(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from api_helpers import save_tiny_checkpoints
 
 from napari_focsam.api.models import RANDOM_WEIGHTS, load_model
-from napari_focsam.families import ModelChoiceError, family_of
+from napari_focsam.families import ModelChoiceError, WeightSpec, family_of
 from napari_focsam.models.checkpoint import CheckpointError
-from napari_focsam.weights import WeightsNotAvailableError
+from napari_focsam.models.sam import SAM_CONFIGS, build_sam
+from napari_focsam.weights import WEIGHTS, WeightsNotAvailableError
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +99,46 @@ def test_checkpoint_of_another_family(checkpoints):
         load_model("sam_test_tiny", weights=checkpoints["sam2"], device="cpu")
     with pytest.raises(CheckpointError):
         load_model("sam2_test_tiny", weights=checkpoints["sam"], device="cpu")
+
+
+def _fine_tune(path: Path, seed: int, transform=None) -> Path:
+    """A 'fine-tuned' sam_test_tiny checkpoint: other weights of the same architecture."""
+    torch.manual_seed(seed)
+    state = build_sam(SAM_CONFIGS["sam_test_tiny"]).state_dict()
+    if transform is not None:
+        state = {k: transform(k, v) for k, v in state.items()}
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture
+def released_tiny(monkeypatch):
+    """A registry entry whose published hash is that of some official file (not ours)."""
+    spec = WeightSpec("tiny_released", "sam", "sam_test_tiny", "tiny.pth", "http://unused/tiny.pth",
+                      "0" * 64)
+    monkeypatch.setitem(WEIGHTS, spec.id, spec)
+    return spec
+
+
+def test_fine_tuned_local_weights_of_a_registry_model_load(released_tiny, tmp_path):
+    a = load_model("tiny_released", weights=_fine_tune(tmp_path / "lab_a.pth", 1), device="cpu",
+                   dtype="fp32")
+    b = load_model("tiny_released", weights=_fine_tune(tmp_path / "lab_b.pth", 2), device="cpu",
+                   dtype="fp32")
+    assert a.weights_id != b.weights_id and len(a.weights_id) == 64
+    # different weights never share embedding-cache entries
+    assert a.stack_encoder().model_id != b.stack_encoder().model_id
+    again = load_model("tiny_released", weights=tmp_path / "lab_a.pth", device="cpu", dtype="fp32")
+    assert again.stack_encoder().model_id == a.stack_encoder().model_id
+
+
+def test_broken_weights_are_refused_and_odd_ones_warned(released_tiny, tmp_path, caplog):
+    nan = _fine_tune(tmp_path / "nan.pth", 1,
+                     lambda k, v: v.fill_(float("nan")) if k.endswith("qkv.weight") else v)
+    with pytest.raises(CheckpointError, match="NaN or infinite values in 2 tensors"):
+        load_model("tiny_released", weights=nan, device="cpu")
+    ints = _fine_tune(tmp_path / "int.pth", 1,
+                      lambda k, v: v.round().to(torch.int64) if k.endswith("qkv.bias") else v)
+    with caplog.at_level("WARNING"):
+        load_model("tiny_released", weights=ints, device="cpu")
+    assert "as integers" in caplog.text and "qkv.bias" in caplog.text

@@ -35,10 +35,34 @@ def fake_checkpoint(n: int, seed: int) -> bytes:
     return b"PK\x03\x04" + (hashlib.sha256(str(seed).encode()).digest() * (n // 32 + 1))[:n]
 
 
+def saved(obj: object) -> bytes:
+    """``torch.save`` bytes of `obj`."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def sam2_layout_checkpoint(n: int = 3000) -> bytes:
+    """A small file in SAM 2's layout (``{"model": ...}`` with trunk keys): it loads as a SAM 2
+    checkpoint, which checkpoints without a published hash must before their hash is recorded."""
+    import torch
+
+    return saved({"model": {"image_encoder.trunk.pos_embed": torch.arange(n, dtype=torch.float32)}})
+
+
+def focsam_layout_checkpoint() -> bytes:
+    import torch
+
+    return saved({"meta": {}, "state_dict": {"backbone.pos_embed": torch.zeros(4),
+                                             "decode_head.w": torch.ones(3)}})
+
+
 def fake_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as archive:
-        archive.writestr("focsam/iter_160000.pth", fake_checkpoint(5000, 7))
+        archive.writestr("focsam/iter_160000.pth", focsam_layout_checkpoint())
     return buf.getvalue()
 
 
@@ -48,7 +72,8 @@ HTML_PAGE = (b"<!DOCTYPE html><html><head><title>Google Drive - Virus scan warni
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     """Serves the folder; ``/partial/<f>`` announces more bytes than it sends, ``/hang/<f>``
-    waits before answering, ``/nolength/<f>`` sends no Content-Length."""
+    waits before answering, ``/nolength/<f>`` sends no Content-Length, ``/cut/<f>`` sends the
+    first half of the file without a Content-Length (a truncation the client cannot see)."""
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass
@@ -62,11 +87,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         kind, _, rest = self.path.lstrip("/").partition("/")
         if kind == "hang":
             time.sleep(1.0)
-        if kind in ("partial", "nolength") and (body := self._body(rest)) is not None:
+        if kind in ("partial", "nolength", "cut") and (body := self._body(rest)) is not None:
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             if kind == "partial":
                 self.send_header("Content-Length", str(len(body) * 2))
+                body = body[: len(body) // 2]
+            elif kind == "cut":
                 body = body[: len(body) // 2]
             self.send_header("Connection", "close")
             self.end_headers()
@@ -124,7 +151,7 @@ def server(tmp_path):
     srv = Server(f"http://127.0.0.1:{httpd.server_address[1]}", root, httpd.requests)
     srv.serve("good.pth", fake_checkpoint(20_000, 1))
     srv.serve("bad.pth", fake_checkpoint(20_000, 2))
-    srv.serve("tofu.pt", fake_checkpoint(12_345, 3))
+    srv.serve("tofu.pt", sam2_layout_checkpoint())
     srv.serve("focsam_test.zip", fake_zip())
     srv.serve("gdrive_html.zip", HTML_PAGE)
     yield srv

@@ -273,7 +273,10 @@ def test_gdrive_non_zip_is_rejected(server, specs, cache):
 
 
 # --------------------------------------------------------------------------------- local files
-def test_local_file_is_verified_and_used_in_place(server, specs, cache, tmp_path):
+def test_local_file_is_checked_and_used_in_place(server, specs, cache, tmp_path):
+    """A local file is used in place; it is not held to the published hash (fine-tuned
+    weights of the architecture are welcome: the loader checks every key and shape), but it
+    must look like a checkpoint. Registering it as the cache's copy does check the hash."""
     local = tmp_path / "downloads" / "my copy.pth"
     local.parent.mkdir()
     local.write_bytes(server.contents["good.pth"])
@@ -282,17 +285,43 @@ def test_local_file_is_verified_and_used_in_place(server, specs, cache, tmp_path
     assert files_in(cache) == []
     assert server.requests == []
 
-    local.write_bytes(server.contents["bad.pth"])
+    local.write_bytes(server.contents["bad.pth"])  # other weights: fine as a local file
+    assert resolve_weights("test_good", local_path=local) == local
     with pytest.raises(HashMismatchError):
-        resolve_weights("test_good", local_path=local)
+        register_local_file("test_good", local)
     with pytest.raises(WeightsVerificationError, match="not found"):
         resolve_weights("test_good", local_path=tmp_path / "nope.pth")
     local.write_bytes(b"")
     with pytest.raises(WeightsVerificationError, match="empty"):
-        verify_weights("test_good", local)
+        resolve_weights("test_good", local_path=local)
     local.write_bytes(b"<html><body>Sign in</body></html>")
     with pytest.raises(WeightsVerificationError, match="HTML page"):
-        verify_weights("test_good", local)
+        resolve_weights("test_good", local_path=local)
+    local.write_bytes(server.contents["tofu.pt"])  # a SAM 2 file where SAM is expected
+    with pytest.raises(WeightsVerificationError, match="expected a SAM 1"):
+        resolve_weights("test_good", local_path=local, deep=True)
+
+
+def test_a_truncated_download_without_length_is_not_trusted(server, specs, cache):
+    """No published hash and no Content-Length: a transfer cut short looks complete; it must
+    load as a checkpoint before its hash is recorded."""
+    with pytest.raises(DownloadError, match="not a readable checkpoint"):
+        fetch_weights("test_tofu", cache_dir=cache, url=f"{server.url}/cut")
+    assert files_in(cache) == []  # neither the file nor a recorded hash
+    fetch_weights("test_tofu", cache_dir=cache, url=f"{server.url}/nolength")
+    assert files_in(cache) == ["tofu.pt", "tofu.pt.sha256"]
+
+
+def test_downloads_get_the_usual_file_permissions(server, specs, cache):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = fetch_weights("test_good", cache_dir=cache)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
 
 
 def test_register_local_file_copy_makes_it_available_offline(server, specs, cache, tmp_path):

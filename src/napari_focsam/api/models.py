@@ -44,6 +44,9 @@ class LoadedModel:
         Precision of the encoders and (on CPU, bf16) of the propagation.
     weights : str
         The checkpoint path, or ``"random"``.
+    weights_id : str
+        Identity of the weights: the checkpoint file's SHA-256, or ``"random-<seed>"``
+        (part of embedding-cache keys, so fine-tuned weights never share cached features).
     """
 
     model_id: str
@@ -52,6 +55,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     weights: str
+    weights_id: str = ""
 
     def can(self, role: Role | str) -> bool:
         """Whether this model can play `role`."""
@@ -62,8 +66,11 @@ class LoadedModel:
         return self.family.interactive_predictor(self.net, self.device, self.dtype)
 
     def stack_encoder(self):
-        """A new embedding-store encoder adapter of this model (``store``)."""
-        return self.family.stack_encoder(self.net, self.device, self.dtype)
+        """A new embedding-store encoder adapter of this model (``store``), naming its weights
+        by `weights_id` in cache keys."""
+        name = getattr(getattr(self.net, "config", None), "name", self.model_id)
+        model_id = f"{name}:{self.weights_id[:24]}" if self.weights_id else None
+        return self.family.stack_encoder(self.net, self.device, self.dtype, model_id)
 
 
 def load_model(
@@ -85,8 +92,10 @@ def load_model(
     model_id : str
         Registry id or config name (see the module docstring).
     weights : str, Path or None
-        A local checkpoint; ``"random"`` for random weights (seeded); None fetches the registry
-        checkpoint (download on first use, unless offline).
+        A local checkpoint (for a registry id: the official file or fine-tuned weights of a
+        compatible architecture, its config inferred from the file; every key and shape is
+        checked); ``"random"`` for random weights (seeded); None fetches the registry
+        checkpoint (download on first use, unless offline; verified against its hash).
     device : str or torch.device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``...
     dtype : str or torch.dtype
@@ -111,7 +120,8 @@ def load_model(
     napari_focsam.models.checkpoint.CheckpointError
         The file is not a checkpoint of this model.
     """
-    from ..weights import WEIGHTS, resolve_weights
+    from ..models.checkpoint import ConfigNotInferredError
+    from ..weights import WEIGHTS, resolve_weights, sha256_file
 
     family = family_of(model_id)
     if role is not None:
@@ -133,7 +143,7 @@ def load_model(
             torch.manual_seed(seed)
             net = family.build(config)
         net = net.to(dev)
-        source = RANDOM_WEIGHTS
+        source, weights_id = RANDOM_WEIGHTS, f"random-{seed}"
         logger.warning("%s: random weights (no checkpoint): masks are meaningless", model_id)
     else:
         if weights is None and spec is None:
@@ -147,11 +157,21 @@ def load_model(
             path = Path(weights)
             if not path.is_file():
                 raise MissingFileError(f"checkpoint {path} does not exist")
-        net = family.load(Path(path), config, device=dev)
-        source = str(path)
+        if spec is not None and weights is not None:
+            try:  # a local file: its own architecture, when the family can tell it
+                net = family.load(Path(path), None, device=dev)
+            except ConfigNotInferredError:
+                net = family.load(Path(path), config, device=dev)
+            inferred = getattr(getattr(net, "config", None), "name", config.name)
+            if inferred != config.name:
+                logger.warning("%s is a %s checkpoint, not %s: using its architecture", path,
+                               inferred, config.name)
+        else:
+            net = family.load(Path(path), config, device=dev)
+        source, weights_id = str(path), sha256_file(path)
     net.eval()
     logger.info("loaded %s (%s) from %s on %s, %s", model_id, family.name, source, dev, precision)
-    return LoadedModel(model_id, family, net, dev, precision, source)
+    return LoadedModel(model_id, family, net, dev, precision, source, weights_id)
 
 
 def _families_for(role: Role) -> list[ModelFamily]:

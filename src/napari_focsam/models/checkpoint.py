@@ -31,6 +31,10 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be used for the requested model."""
 
 
+class ConfigNotInferredError(CheckpointError):
+    """No config was given and the file fits no known config of its family."""
+
+
 def read_checkpoint(path: str | Path) -> Any:
     """Load a checkpoint with ``torch.load(weights_only=True)`` on the CPU.
 
@@ -131,6 +135,33 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(problems))
 
 
+def check_values(state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Refuse NaN / inf weights; warn about integer tensors (weights are floating point).
+
+    Raises
+    ------
+    CheckpointError
+        Naming the tensors that hold NaN or inf values.
+    """
+    bad, integer = [], []
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                bad.append(key)
+        elif value.dtype != torch.bool and value.numel() > 1:
+            integer.append(f"{key} ({str(value.dtype).replace('torch.', '')})")
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or infinite values in {len(bad)} tensors "
+                              f"({_listing(bad)}): the weights are broken (a failed training run "
+                              "or a damaged file?)")
+    if integer:
+        logger.warning("%s stores %d weight tensors as integers (%s); they are converted to "
+                       "floating point, which is unusual for trained weights", source, len(integer),
+                       _listing(integer))
+
+
 def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                  source: str = "checkpoint") -> nn.Module:
     """:func:`check_state_dict`, then load strictly; returns ``model``."""
@@ -182,8 +213,9 @@ def build_and_load(
     """
     if config is None:
         if inferred is None:
-            raise CheckpointError(f"{source} is {released}; pass its config")
+            raise ConfigNotInferredError(f"{source} is {released}; pass its config")
         config = inferred
+    check_values(state_dict, source)
     model = build(config)
     try:
         load(model, state_dict, source)

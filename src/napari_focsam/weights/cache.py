@@ -24,7 +24,8 @@ import zipfile
 from pathlib import Path
 from typing import Literal
 
-from .registry import HashMismatchError, WeightSpec, WeightsVerificationError, get_spec
+from ..families import WeightSpec
+from .registry import HashMismatchError, WeightsVerificationError, get_spec
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ __all__ = [
     "ENV_CACHE_DIR",
     "ENV_OFFLINE",
     "cached_path",
+    "check_local_file",
+    "check_structure",
+    "default_file_mode",
     "download_url",
     "expected_sha256",
     "format_problem",
@@ -123,13 +127,33 @@ def expected_sha256(model_id: str, path: str | os.PathLike[str]) -> str | None:
     return spec.sha256.lower() if spec.sha256 else read_recorded_sha256(Path(path))
 
 
+#: SHA-256 of files already hashed in this process, by (path, size, mtime in ns).
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file, read in :data:`HASH_CHUNK_SIZE` chunks."""
+    """SHA-256 (hex) of a file, read in :data:`HASH_CHUNK_SIZE` chunks (remembered for the
+    process while the file's size and modification time stay the same)."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    cached = _DIGESTS.get(key)
+    if cached is not None:
+        return cached
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(resolved, "rb") as f:
         while chunk := f.read(HASH_CHUNK_SIZE):
             digest.update(chunk)
-    return digest.hexdigest()
+    _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def default_file_mode() -> int:
+    """The permissions ``open`` gives a new file under the process umask (downloads go through
+    temporary files, which are created 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------------- verification
@@ -158,7 +182,14 @@ def format_problem(spec: WeightSpec, path: Path, zip_expected: bool | None = Non
     return None
 
 
-def _check_family(spec: WeightSpec, path: Path) -> None:
+def check_structure(spec: WeightSpec, path: Path) -> None:
+    """Read `path` as a checkpoint of `spec`'s family (slow: loads it with torch).
+
+    Raises
+    ------
+    WeightsVerificationError
+        It cannot be read (truncated, corrupt) or has another family's layout.
+    """
     from ..families import expect_family, get_family
     from ..models.checkpoint import CheckpointError
 
@@ -167,6 +198,42 @@ def _check_family(spec: WeightSpec, path: Path) -> None:
         expect_family(family.read(path), family, path)
     except CheckpointError as exc:
         raise WeightsVerificationError(f"{path} cannot be used as {spec.id}: {exc}") from exc
+
+
+def check_local_file(model_id: str, path: str | os.PathLike[str], *, deep: bool = False) -> Path:
+    """Check that `path` can be a checkpoint of `model_id`'s family, without comparing hashes
+    (a local file may hold fine-tuned weights; the loader checks every key and shape).
+
+    Parameters
+    ----------
+    model_id : str
+        Registry id.
+    path : str or path-like
+        The file.
+    deep : bool
+        Also read it and check its family's layout (slow).
+
+    Returns
+    -------
+    Path
+        The resolved path.
+
+    Raises
+    ------
+    WeightsVerificationError
+        Missing or empty file, an HTML page, not a zip / PyTorch file, or (``deep``) a
+        checkpoint of another family.
+    """
+    spec = get_spec(model_id)
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise WeightsVerificationError(f"checkpoint file for {model_id} not found: {path}")
+    problem = format_problem(spec, path, zip_expected=path.suffix.lower() == ".zip")
+    if problem:
+        raise WeightsVerificationError(f"{problem}; it cannot be a checkpoint of {model_id}")
+    if deep:
+        check_structure(spec, path)
+    return path
 
 
 def verify_weights(model_id: str, path: str | os.PathLike[str], *, deep: bool = False) -> str:
@@ -210,7 +277,7 @@ def verify_weights(model_id: str, path: str | os.PathLike[str], *, deep: bool = 
                 f"{sidecar_path(path)}; delete that file if the new one is legitimate.")
         raise HashMismatchError(str(path), expected, actual, hint=hint)
     if deep:
-        _check_family(spec, path)
+        check_structure(spec, path)
     return actual
 
 
@@ -280,7 +347,9 @@ def register_local_file(model_id: str, path: str | os.PathLike[str], *, copy: bo
         with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
             shutil.copyfileobj(inp, out, 16 << 20)
         if not get_spec(model_id).sha256:
+            check_structure(get_spec(model_id), part)  # a hash is recorded for sound files only
             record_sha256(target, digest)
+        os.chmod(part, default_file_mode())
         os.replace(part, target)
     finally:
         part.unlink(missing_ok=True)

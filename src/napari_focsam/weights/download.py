@@ -20,9 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..families import WeightSpec
 from .cache import (
     ENV_OFFLINE,
     cached_path,
+    check_local_file,
+    check_structure,
+    default_file_mode,
     download_url,
     format_problem,
     is_offline,
@@ -35,7 +39,6 @@ from .registry import (
     DownloadError,
     HashMismatchError,
     WeightsNotAvailableError,
-    WeightSpec,
     WeightsVerificationError,
     get_spec,
 )
@@ -153,9 +156,15 @@ def _download(spec: WeightSpec, url: str, target: Path, progress: bool | Progres
                     if not spec.sha256 else "Nothing was saved; try again or use a local copy.")
             raise HashMismatchError(str(target), expected, actual, url, hint)
         if expected is None:
+            try:  # nothing vouches for the bytes: they must at least load as a checkpoint
+                check_structure(spec, part)
+            except WeightsVerificationError as exc:
+                raise DownloadError(url, f"the downloaded file is not a readable checkpoint "
+                                         f"(a transfer cut short?): {exc}") from exc
             record_sha256(target, actual)
             logger.warning("%s has no published SHA-256; recorded %s in %s and will check the "
                            "file against it from now on", spec.id, actual, sidecar_path(target))
+        os.chmod(part, default_file_mode())
         os.replace(part, target)
         if callback is not None and not transfer.total:
             callback(transfer.done, transfer.done)
@@ -176,8 +185,9 @@ def _payload_hint(spec: WeightSpec, problem: str) -> str:
 def _offline_message(spec: WeightSpec, target: Path, why: str) -> str:
     return (f"{spec.id}: {why} and offline mode is on ({ENV_OFFLINE} or offline=True), so it is "
             f"not downloaded. Download {spec.manual_url} on a machine with internet access and "
-            f"put it at {target}, or use a local copy of the file (resolve_weights(local_path=...)"
-            f" / 'use local file'); `napari-focsam weights path {spec.id}` prints the location.")
+            f"put it at {target}, or use a local copy of the file (the widget's local-file choice, "
+            f"--weights PATH on the command line); `napari-focsam weights path {spec.id}` prints "
+            "the location.")
 
 
 # ------------------------------------------------------------------------------------ public API
@@ -239,6 +249,7 @@ def fetch_weights(model_id: str, *, cache_dir: PathLike | None = None, url: str 
             logger.warning("cached %s is not valid (%s); downloading it again", target, exc)
         else:
             if not spec.sha256 and read_recorded_sha256(target) is None:
+                check_structure(spec, target)  # a hash is recorded for sound files only
                 record_sha256(target, digest)
                 logger.warning("%s has no published SHA-256; recorded the cached file's (%s) in %s",
                                model_id, digest, sidecar_path(target))
@@ -251,17 +262,20 @@ def fetch_weights(model_id: str, *, cache_dir: PathLike | None = None, url: str 
 
 def resolve_weights(model_id: str, *, local_path: PathLike | None = None, deep: bool = False,
                     **fetch_kwargs: Any) -> Path:
-    """The checkpoint file to load for ``model_id``: ``local_path`` if given (verified, not
-    copied; ``deep`` also checks its model family), else :func:`fetch_weights` with
-    ``fetch_kwargs`` (``cache_dir``, ``url``, ``offline``, ``progress``, ``timeout``).
+    """The checkpoint file to load for ``model_id``: ``local_path`` if given, else
+    :func:`fetch_weights` with ``fetch_kwargs`` (``cache_dir``, ``url``, ``offline``,
+    ``progress``, ``timeout``).
+
+    A local file is not compared with the published hash: it may hold fine-tuned weights of
+    the architecture (the loader checks every key and shape). It is checked to be a PyTorch or
+    zip file (``deep``: also read as a checkpoint of the model's family).
 
     Raises
     ------
-    WeightsVerificationError, HashMismatchError
-        ``local_path`` is missing or not the right file.
+    WeightsVerificationError
+        ``local_path`` is missing, empty, an HTML page, or (``deep``) not a checkpoint of the
+        model's family.
     """
     if local_path is None:
         return fetch_weights(model_id, **fetch_kwargs)
-    path = Path(local_path).expanduser().resolve()
-    verify_weights(model_id, path, deep=deep)
-    return path
+    return check_local_file(model_id, local_path, deep=deep)
