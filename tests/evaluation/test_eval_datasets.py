@@ -14,16 +14,23 @@ HW = (32, 48)
 
 
 def test_grabcut_ritm_layout_with_the_unknown_band(tmp_path):
+    """FocSAM's protocol (the default): the unknown band is background; RITM's (`void=
+    "ignore"`): it is left out."""
     objects = grabcut_folder(tmp_path, n=3, hw=(64, 64))
     data = open_dataset("GrabCut", tmp_path)
     assert data.names == ("img0", "img1", "img2") and len(data) == 3
-    for sample, (name, gt) in zip(data, objects.items(), strict=True):
+    ritm = open_dataset("GrabCut", tmp_path, void="ignore")
+    for sample, ignored, (name, gt) in zip(data, ritm, objects.items(), strict=True):
         got_name, image, got_gt = sample  # unpacks as (name, image, gt)
         assert got_name == name
         assert image.shape == (64, 64, 3) and image.dtype == np.uint8
         assert got_gt.dtype == bool and np.array_equal(got_gt, gt)
-        assert sample.ignore is not None and not np.any(sample.ignore & gt)
-        assert sample.ignore.sum() > 0  # the 128 band is left out, not background
+        assert sample.ignore is None  # the 128 band is background
+        assert np.array_equal(ignored.gt, gt)
+        assert ignored.ignore is not None and not np.any(ignored.ignore & gt)
+        assert ignored.ignore.sum() > 0  # the 128 band is left out
+    with pytest.raises(DatasetError, match="'background' or 'ignore'"):
+        open_dataset("GrabCut", tmp_path, void="skip")
 
 
 def test_grabcut_focuscut_layout_indexed_masks(tmp_path):
@@ -58,6 +65,7 @@ def test_sbd_gtinst_one_sample_per_instance_in_the_val_list(tmp_path):
     seg = np.zeros(HW, dtype=np.uint8)
     seg[2:10, 2:10] = 1
     seg[12:20, 20:40] = 2
+    seg[10, 2:10] = 255  # a void boundary line
     base = tmp_path / "benchmark_RELEASE" / "dataset"
     for stem in ("2008_000001", "2008_000002"):
         save(base / "img" / f"{stem}.jpg", image_with(seg > 0))
@@ -69,6 +77,8 @@ def test_sbd_gtinst_one_sample_per_instance_in_the_val_list(tmp_path):
     data = open_dataset("sbd", tmp_path)
     assert data.names == ("2008_000002#001", "2008_000002#002")
     assert np.array_equal(data[0].gt, seg == 1) and np.array_equal(data[1].gt, seg == 2)
+    assert data[0].ignore is None  # FocSAM: the void line is background
+    assert np.array_equal(open_dataset("sbd", tmp_path, void="ignore")[0].ignore, seg == 255)
     assert len(open_dataset("sbd", tmp_path, limit=1)) == 1
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..errors import UserError
 
-__all__ = ["DatasetError", "check_header_size", "check_pair_headers", "decode_object_mask", "read_image",
-           "read_mask", "read_sbd_instances"]
+__all__ = ["VOID_POLICIES", "DatasetError", "check_header_size", "check_pair_headers", "check_void",
+           "decode_object_mask", "read_image", "read_mask", "read_sbd_instances"]
 
 
 class DatasetError(UserError, ValueError):
@@ -106,20 +106,36 @@ def read_sbd_instances(path: Path) -> np.ndarray:
     return seg
 
 
-def decode_object_mask(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+#: What void pixels (GrabCut's unknown band, label 255) are: background, as FocSAM's test loop
+#: has it (IoU without an ignore index), or left out of the IoU and never clicked (RITM).
+VOID_POLICIES = ("background", "ignore")
+
+
+def check_void(void: str) -> str:
+    """`void` if it is one of `VOID_POLICIES`, else `DatasetError`."""
+    if void not in VOID_POLICIES:
+        raise DatasetError(f"void pixels are 'background' or 'ignore', got {void!r}")
+    return void
+
+
+def decode_object_mask(values: np.ndarray, void: str = "background"
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """A single-object mask file (GrabCut, Berkeley, DAVIS) as (object, ignore).
 
     Parameters
     ----------
     values : np.ndarray
-        ``(H, W)`` integers.
+        ``(H, W)`` integers: indexed (object 1, void 255) or 8-bit RITM style (object > 128,
+        void 128).
+    void : {"background", "ignore"}
+        What void pixels become (see `VOID_POLICIES`).
 
     Returns
     -------
     gt : np.ndarray
         ``(H, W)`` bool.
     ignore : np.ndarray or None
-        ``(H, W)`` bool, None when nothing is ignored.
+        ``(H, W)`` bool void pixels with ``void="ignore"``; None when nothing is ignored.
     """
     present = np.unique(values)
     indexed = 1 in present and set(present.tolist()) <= {0, 1, 255}
@@ -127,7 +143,9 @@ def decode_object_mask(values: np.ndarray) -> tuple[np.ndarray, np.ndarray | Non
         gt, ignore = values == 1, values == 255
     else:  # RITM: 128 is GrabCut's unknown band
         gt, ignore = values > 128, values == 128
-    return gt, (ignore if ignore.any() else None)
+    if check_void(void) == "background" or not ignore.any():
+        return gt, None
+    return gt, ignore
 
 
 def check_header_size(image: Path, mask_hw: tuple[int, ...], mask: Path) -> None:

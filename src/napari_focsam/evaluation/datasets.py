@@ -33,9 +33,12 @@ in the folder the official archive unpacks to, e.g. ``root/GrabCut``):
     mask with one non-zero value is one object, a label image gives one sample per label.
 
 Mask values: single-object files (GrabCut, Berkeley, DAVIS) holding only 0, 1 (and 255) are
-indexed (object = 1, 255 = void, ignored); other 8-bit files follow RITM: > 128 object,
-128 = the "unknown" band of GrabCut, ignored (left out of the IoU and never clicked), < 128
-background. COD10K and MVTec masks are object where > 127. SBD label 255 (if any) is void.
+indexed (object = 1, 255 = void); other 8-bit files follow RITM: > 128 object, 128 = the
+"unknown" band of GrabCut (void), < 128 background. COD10K and MVTec masks are object where
+> 127. SBD label 255 (if any) is void. Void pixels are background by default, as in FocSAM's
+test loop (its object is ``mask == id``, everything else background, IoU without an ignore
+index), so NoC figures compare with the paper's; ``void="ignore"`` leaves them out of the IoU
+and the clicks instead (RITM's protocol).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from .dataset_files import (
     DatasetError,
     check_header_size,
     check_pair_headers,
+    check_void,
     decode_object_mask,
     read_image,
     read_mask,
@@ -131,24 +135,28 @@ class Dataset(Sequence):
         The folder it was opened from.
     refs : sequence of SampleRef
         The samples.
+    void : {"background", "ignore"}
+        What void pixels become (see the module docstring).
     """
 
-    def __init__(self, name: str, root: Path, refs: Sequence[SampleRef]) -> None:
+    def __init__(self, name: str, root: Path, refs: Sequence[SampleRef],
+                 void: str = "background") -> None:
         self.name = name
         self.root = Path(root)
         self.refs = tuple(refs)
+        self.void = check_void(void)
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return Dataset(self.name, self.root, self.refs[index])
-        return load_sample(self.refs[index])
+            return Dataset(self.name, self.root, self.refs[index], self.void)
+        return load_sample(self.refs[index], self.void)
 
     def __iter__(self) -> Iterator[Sample]:
         for ref in self.refs:
-            yield load_sample(ref)
+            yield load_sample(ref, self.void)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -162,8 +170,8 @@ class Dataset(Sequence):
 # ---------------------------------------------------------------------- reading files
 
 
-def load_sample(ref: SampleRef) -> Sample:
-    """Read one sample.
+def load_sample(ref: SampleRef, void: str = "background") -> Sample:
+    """Read one sample (`void`: what void pixels are, see the module docstring).
 
     Raises
     ------
@@ -178,12 +186,12 @@ def load_sample(ref: SampleRef) -> Sample:
                            f"{values.shape[1]}")
     ignore = None
     if ref.decode == "object":
-        gt, ignore = decode_object_mask(values)
+        gt, ignore = decode_object_mask(values, void)
     elif ref.decode == "binary":
         gt = values > 127
     elif ref.decode in ("label", "sbd"):
         gt = values == ref.label
-        if ref.decode == "sbd" and np.any(values == 255):
+        if ref.decode == "sbd" and check_void(void) == "ignore" and np.any(values == 255):
             ignore = values == 255
     else:
         raise DatasetError(f"unknown mask decoding {ref.decode!r}")
@@ -349,7 +357,8 @@ DATASETS: dict[str, Callable[[Path], Iterator[SampleRef]]] = {
 }
 
 
-def open_dataset(name: str, root: str | Path, *, limit: int | None = None) -> Dataset:
+def open_dataset(name: str, root: str | Path, *, limit: int | None = None,
+                 void: str = "background") -> Dataset:
     """List the samples of a benchmark folder.
 
     Parameters
@@ -361,6 +370,8 @@ def open_dataset(name: str, root: str | Path, *, limit: int | None = None) -> Da
         The dataset folder (see the module docstring for the layouts).
     limit : int or None
         Keep the first `limit` samples (in name order) only.
+    void : {"background", "ignore"}
+        What void pixels become (default: background, FocSAM's protocol).
 
     Returns
     -------
@@ -372,6 +383,7 @@ def open_dataset(name: str, root: str | Path, *, limit: int | None = None) -> Da
         Unknown name, missing folder, unknown layout, no samples, or (where it can be seen
         from the file headers) an image and its mask of different sizes.
     """
+    check_void(void)
     kind = str(name).lower()
     if kind not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -390,6 +402,6 @@ def open_dataset(name: str, root: str | Path, *, limit: int | None = None) -> Da
     if not refs:
         raise DatasetError(f"no {kind} samples (image + mask pairs) found in {root}")
     logger.info("%s: %d samples in %s", kind, len(refs), root)
-    return Dataset(kind, root, refs)
+    return Dataset(kind, root, refs, void)
 
 

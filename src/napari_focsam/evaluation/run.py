@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = ("FocSAM NoC: click at the maximum of the exact EDT of the larger error region "
             "(image border = background, ties negative, clicked pixels excluded), all clicks "
-            "and the previous logits sent every step, IoU after each click")
+            "and the previous logits sent every step, IoU after each click; void pixels "
+            "(GrabCut's unknown band, label 255) are background unless void='ignore'")
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ def run_noc(
     compare: str | None = None,
     compare_weights: str | Path | None = None,
     offline: bool | None = None,
+    void: str = "background",
 ) -> Generator[NocProgress, None, NocReport]:
     """Evaluate an interactive model (and optionally a second one) with the NoC protocol.
 
@@ -188,6 +190,9 @@ def run_noc(
         Checkpoint of `compare`.
     offline : bool or None
         Never download weights.
+    void : {"background", "ignore"}
+        What void pixels are: background (FocSAM's test loop, for figures comparable with the
+        paper) or left out of the IoU and the clicks (RITM).
 
     Yields
     ------
@@ -220,7 +225,7 @@ def run_noc(
         models.append((compare, compare_weights))
     for mid, _ in models:
         family_of(mid)  # unknown ids fail before any work
-    data = open_dataset(dataset, root, limit=limit)
+    data = open_dataset(dataset, root, limit=limit, void=void)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = len(data) * len(models)
@@ -241,7 +246,8 @@ def run_noc(
         del loaded
 
     settings = {"max_clicks": max_clicks, "iou_thresholds": list(thresholds), "seed": seed,
-                "limit": limit, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
+                "limit": limit, "void": void, "device": str(device),
+                "dtype": str(dtype).replace("torch.", ""),
                 "protocol": PROTOCOL}
     summary = {**summaries[0], "dataset": data.name, "dataset_dir": str(data.root),
                "skipped": skipped, "settings": settings}
