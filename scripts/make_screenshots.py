@@ -5,6 +5,10 @@ Usage::
     xvfb-run -a -s "-screen 0 1920x1200x24" python scripts/make_screenshots.py [--out docs/images]
         [--only 2d_click 3d_propagated ...]
 
+``layout_1280x800`` and ``layout_1920x1080`` show the whole window at those sizes with both
+docks open, as the README's command opens them (the 3D sample, "FocSAM segmentation" above
+"FocSAM tracking"); the script fails if the window cannot be that small.
+
 Without a display (no ``$DISPLAY``) the script restarts itself under ``xvfb-run`` when that is
 installed. Every screenshot comes from the real plugin: the FocSAM segmentation dock, the
 tracking dock, the sample data, the prompt / preview / labels / tracks layers and their
@@ -39,8 +43,11 @@ import numpy as np
 logger = logging.getLogger("make_screenshots")
 
 WINDOW_SIZE = (1500, 950)
+#: Window sizes of the layout shots (common laptop and desktop screens).
+LAYOUT_SIZES = ((1280, 800), (1920, 1080))
 MAX_BYTES = 400_000
-SHOTS = ("2d_click", "2d_committed", "3d_propagated", "3d_correction", "tracking")
+SHOTS = ("2d_click", "2d_committed", "3d_propagated", "3d_correction", "tracking",
+         *(f"layout_{w}x{h}" for w, h in LAYOUT_SIZES))
 SMOOTH_SIGMA = 1.5
 
 
@@ -107,8 +114,9 @@ def _prompt_mask(comps: np.ndarray, points_rc, labels, box_rc) -> np.ndarray:
     return np.isin(comps, sorted(keep)) if keep else np.zeros(comps.shape, dtype=bool)
 
 
-def stand_in_mask_from_interactive(self, prompt, flat):
-    """Replaces `Segmenter._mask_from_interactive` (same signature and contract)."""
+def stand_in_mask_from_interactive(self, prompt, flat, **_options):
+    """Replaces `Segmenter._mask_from_interactive` (same contract; its keyword options, such as
+    ``keep`` and ``cancel_event``, do not matter to the stand-in)."""
     if prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None:
         return np.asarray(prompt.mask).astype(bool, copy=True)
     return _prompt_mask(COMPONENTS(self.source, flat), prompt.points_rc, prompt.labels, prompt.box_rc)
@@ -266,15 +274,15 @@ def wait_idle(widget, timeout: float = 120.0) -> None:
          status=widget.status_label.text)
 
 
-def new_viewer(sample: str) -> tuple:
-    """A viewer at `WINDOW_SIZE` with napari-focsam sample `sample`, its image layer only (the
+def new_viewer(sample: str, size: tuple[int, int] = WINDOW_SIZE) -> tuple:
+    """A viewer of `size` with napari-focsam sample `sample`, its image layer only (the
     ground-truth layers would hide the FocSAM labels)."""
     import napari
     from napari.layers import Image
 
     viewer = napari.Viewer(show=True)
     window = viewer.window._qt_window
-    window.resize(*WINDOW_SIZE)
+    window.resize(*size)
     viewer.open_sample("napari-focsam", sample)
     for layer in list(viewer.layers):
         if not isinstance(layer, Image):
@@ -451,22 +459,6 @@ def shots_3d(out: Path, only: set[str]) -> None:
     viewer.close()
 
 
-def _wrap_labels(panel) -> bool:
-    """Word-wrap the tracking dock's long explanatory label if the plugin does not (unwrapped,
-    it makes the dock ~1130 px wide: the window grows and the canvas shrinks); True if it did.
-    A no-op once the plugin wraps it."""
-    from qtpy.QtWidgets import QLabel
-
-    wrapped = False
-    for label in panel.findChildren(QLabel):
-        if len(label.text()) > 80 and not label.wordWrap():
-            logger.warning("tracking dock: the label %r... is not word-wrapped; wrapping it for "
-                           "the screenshot", label.text()[:30])
-            label.setWordWrap(True)
-            wrapped = True
-    return wrapped
-
-
 def _first_splits(labels: np.ndarray) -> list[tuple[int, int]]:
     """(object, frame): the first frame on which each object is in two pieces (or more)."""
     from scipy import ndimage
@@ -486,6 +478,7 @@ def shot_tracking(out: Path) -> None:
 
     viewer, image = new_viewer("cell_timelapse")
     widget = add_focsam_widget(viewer)
+    widget.setup.select_stack(0, "t")  # a time-lapse: what the tracking dock lists
     points, _shapes = widget.prompts.new_prompt_layers()
     data = np.asarray(image.data)
     viewer.dims.set_current_step(0, 0)
@@ -498,9 +491,6 @@ def shot_tracking(out: Path) -> None:
     window = viewer.window._qt_window
     dock_width = widget.parentWidget().width() if widget.parentWidget() is not None else 450
     dock, panel = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM tracking", tabify=True)
-    if _wrap_labels(panel):
-        dock.setMinimumWidth(50)  # napari's own minimum; Qt had raised it to the unwrapped width
-        dock.layout().invalidate()
     process(0.2)
     window.resize(*WINDOW_SIZE)
     window.resizeDocks([dock], [dock_width], Qt.Orientation.Horizontal)
@@ -523,6 +513,37 @@ def shot_tracking(out: Path) -> None:
     viewer.dims.set_current_step(0, n_frames - 2)
     widget.objects.object_list.clearSelection()
     save(viewer, out / "tracking.png")
+    viewer.close()
+
+
+def shot_layout(out: Path, size: tuple[int, int]) -> None:
+    """Both docks as the README's command opens them, in a window of `size`, with objects
+    committed on the middle slice and the next one previewed."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, image = new_viewer("nuclei_3d", size)
+    widget = add_focsam_widget(viewer)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM tracking")
+    window = viewer.window._qt_window
+    window.resize(*size)
+    process(0.3)
+    data = np.asarray(image.data)
+    z = data.shape[0] // 2
+    viewer.dims.set_current_step(0, z)
+    points, _shapes = widget.prompts.new_prompt_layers()
+    objects = centres(data, z)
+    for r, c, _ in objects[:3]:
+        commit_at(widget, points, (z, r, c))
+    click(widget, points, (z, *objects[3][:2]))
+    hint = window.minimumSizeHint()
+    if window.width() > size[0] or window.height() > size[1]:
+        raise RuntimeError(f"the window is {window.width()} x {window.height()} (its minimum: "
+                           f"{hint.width()} x {hint.height()}), larger than {size}")
+    logger.info("layout %s: window minimum %d x %d, docks %s, screen %s", size, hint.width(),
+                hint.height(), [(w.parentWidget().width(), w.parentWidget().height())
+                                for w in (widget, panel)],
+                QApplication.primaryScreen().availableGeometry().size())
+    save(viewer, out / f"layout_{size[0]}x{size[1]}.png")
     viewer.close()
 
 
@@ -561,6 +582,9 @@ def main(argv=None) -> int:
             shots_3d(args.out, only)
         if "tracking" in only:
             shot_tracking(args.out)
+        for size in LAYOUT_SIZES:
+            if f"layout_{size[0]}x{size[1]}" in only:
+                shot_layout(args.out, size)
     finally:
         settings_dir.cleanup()
     return 0

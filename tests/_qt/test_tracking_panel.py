@@ -17,7 +17,8 @@ def viewer_and_panel(make_napari_viewer):
     viewer = make_napari_viewer()
     _, labels, lineage = synthetic_cell_timelapse(n_frames=10, shape=(96, 128), n_cells=3, seed=5,
                                                   n_divisions=0)
-    layer = viewer.add_labels(labels.astype(np.int32), name="cells", scale=(1, 0.5, 0.5))
+    layer = viewer.add_labels(labels.astype(np.int32), name="cells", scale=(1, 0.5, 0.5),
+                              axis_labels=("t", "y", "x"))  # a time-lapse: time on axis 0
     panel = TrackingPanel(viewer)
     viewer.window.add_dock_widget(panel)
     panel.labels_combo.set_layer(layer)
@@ -71,7 +72,7 @@ def test_bad_division_is_a_message_not_an_exception(viewer_and_panel):
 
 def test_panel_loads_through_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
-    layer = viewer.add_labels(np.zeros((3, 16, 16), np.int32), name="t")
+    layer = viewer.add_labels(np.zeros((3, 16, 16), np.int32), name="t", axis_labels=("t", "y", "x"))
     _, panel = viewer.window.add_plugin_dock_widget("napari-focsam", "FocSAM tracking")
     assert isinstance(panel, TrackingPanel)
     assert panel.labels_combo.current_layer() is layer

@@ -86,11 +86,12 @@ def test_open_click_commit_propagate_correct_track_divide_export(make_widget, qt
 
     monkeypatch.setattr(segmenter_module.Segmenter, "draw_object", oracle_draw)
     monkeypatch.setattr(segmenter_module.Segmenter, "_mask_from_interactive",
-                        lambda self, prompt, flat: oracle_draw(self, prompt))
+                        lambda self, prompt, flat, **_options: oracle_draw(self, prompt))
     monkeypatch.setattr(segmenter_module, "VideoPropagator", OracleTracker)
 
     viewer, image, widget = make_widget(image_data)
-    assert widget.setup.axes().stack_axis == 0  # time is the stack axis
+    widget.setup.select_stack(0, "t")  # the sample does not name its axes: mark axis 0 as time
+    assert widget.setup.axes().stack_axis == 0 and widget.setup.axes().is_time
     # a cell that divides (id 6 at frame 6 in the sample) and one that does not
     lineage_cells = [int(i) for i in np.unique(truth[0]) if i]
     dividing, steady = 6, next(i for i in lineage_cells if i not in (3, 6))

@@ -7,6 +7,8 @@
 - :mod:`.setup_panel`, :mod:`.models_box`, :mod:`.prompts_panel`, :mod:`.objects_panel` -- the
   sections; :mod:`.bindings` -- their keys,
 - :mod:`.live` -- the live preview; :mod:`.status` -- status messages,
+- :mod:`.layout`, :mod:`.layer_combo` -- scroll area, eliding combo boxes and status line that
+  keep the docks usable on small screens; layer choices,
 - :mod:`.prompt_layers` -- Points / Shapes layers -> prompts in image pixels,
 - :mod:`.commit`, :mod:`.axes` -- pure numpy / Python logic (commit, undo, axis layout),
 - :mod:`.session`, :mod:`.tasks`, :mod:`.workers` -- models, the segmenter and worker threads,

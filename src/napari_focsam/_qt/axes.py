@@ -6,16 +6,26 @@ frame in a labels array) is derived from it.
 
 Conventions: the two *last* axes of the layer (after dropping the RGB(A) channel of an RGB
 layer) are the spatial ones (rows, columns); every other axis is either the stack axis (z or
-t, the frames) or, for 4D data, the outer axis.
+t, the frames) or, for 4D data, the outer axis. A stack whose planes are segmented on their
+own (`StackKind.PLANES`, "none (2D slices)") still has a stack axis for the `Segmenter`; it is
+only never propagated.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import UserError
 
-__all__ = ["AxesError", "ImageAxes", "stack_axis_choices"]
+__all__ = ["STACK_META_KEY", "AxesError", "AxisOption", "ImageAxes", "StackKind", "axis_options",
+           "stack_axis_choices", "stack_metadata", "time_axis"]
+
+#: Key of the labels layer's ``metadata`` entry the dock writes: ``{"axis": int, "kind": str}``.
+STACK_META_KEY = "focsam_stack"
+_TIME_NAMES = frozenset({"t", "time", "frame", "frames", "timepoint", "timepoints"})
+_Z_NAMES = frozenset({"z", "depth", "slice", "slices", "plane", "planes"})
 
 #: Non-spatial axes the Segmenter supports (stack + outer).
 MAX_EXTRA_AXES = 2
@@ -44,6 +54,14 @@ def stack_axis_choices(ndim: int) -> list[int | None]:
     return [None] if ndim == 2 else list(range(ndim - 2))
 
 
+class StackKind(str, enum.Enum):
+    """What the stack axis is: z (slices), t (frames), or planes segmented on their own."""
+
+    Z = "z"
+    T = "t"
+    PLANES = "planes"
+
+
 @dataclass(frozen=True)
 class ImageAxes:
     """The axis layout of one image layer.
@@ -56,11 +74,14 @@ class ImageAxes:
         Axis of the frames; None for a 2D image.
     rgb : bool
         Whether the data has a trailing channel axis (napari's ``layer.rgb``).
+    kind : StackKind
+        z or t (propagated through), or `StackKind.PLANES` (each plane on its own).
     """
 
     ndim: int
     stack_axis: int | None = None
     rgb: bool = False
+    kind: StackKind = StackKind.Z
 
     def __post_init__(self) -> None:
         choices = stack_axis_choices(self.ndim)
@@ -82,7 +103,17 @@ class ImageAxes:
 
     @property
     def is_stack(self) -> bool:
+        """Whether there are frames (a stack axis for the `Segmenter`)."""
         return self.stack_axis is not None
+
+    @property
+    def propagates(self) -> bool:
+        """Whether objects can be propagated along the stack axis (z or t, not planes)."""
+        return self.is_stack and self.kind is not StackKind.PLANES
+
+    @property
+    def is_time(self) -> bool:
+        return self.is_stack and self.kind is StackKind.T
 
     def labels_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of a labels array for image data of `data_shape` (channel axis dropped)."""
@@ -113,3 +144,83 @@ class ImageAxes:
             if axis is not None and not (value is not None and 0 <= value < labels_shape[axis]):
                 return False
         return True
+
+
+@dataclass(frozen=True)
+class AxisOption:
+    """One entry of the stack-axis choice.
+
+    Attributes
+    ----------
+    text : str
+        What the combo shows, e.g. ``"axis 0 as z (32 slices)"``.
+    axis : int or None
+        The stack axis (None: a 2D image, or "none (2D slices)").
+    kind : StackKind
+    """
+
+    text: str
+    axis: int | None
+    kind: StackKind
+
+    def axes(self, ndim: int, rgb: bool) -> ImageAxes:
+        """The `ImageAxes` of this choice for a layer of `ndim` dimensions."""
+        if self.kind is StackKind.PLANES and ndim > 2:
+            return ImageAxes(ndim, ndim - 3, rgb, StackKind.PLANES)  # planes, outer-major
+        return ImageAxes(ndim, self.axis, rgb, self.kind)
+
+
+def _named_kind(name: str) -> StackKind | None:
+    name = name.strip().lower()
+    if name in _TIME_NAMES:
+        return StackKind.T
+    if name in _Z_NAMES:
+        return StackKind.Z
+    return None
+
+
+def axis_options(shape: Sequence[int], axis_labels: Sequence[str] = ()) -> tuple[list[AxisOption], int]:
+    """The stack-axis choices for a layer of `shape` (channel axis dropped), and the default.
+
+    Each non-spatial axis is offered as z and as t; 3D and 4D data also get
+    ``"none (2D slices)"``. The default is the axis just before the spatial ones, as t when
+    its napari axis label names time (``t``, ``time``...), else as z.
+
+    Raises
+    ------
+    AxesError
+        Fewer than 2 or more than 4 dimensions.
+    """
+    ndim = len(shape)
+    axes = stack_axis_choices(ndim)
+    if axes == [None]:
+        return [AxisOption("none (2D image)", None, StackKind.Z)], 0
+    options, default = [], 0
+    for axis in axes:
+        label = axis_labels[axis] if axis < len(axis_labels) else ""
+        named = _named_kind(label)
+        shown = f" '{label}'" if label and not label.lstrip("-").isdigit() else ""
+        first = len(options)
+        options.append(AxisOption(f"axis {axis}{shown} as z ({shape[axis]} slices)", axis, StackKind.Z))
+        options.append(AxisOption(f"axis {axis}{shown} as t ({shape[axis]} frames)", axis, StackKind.T))
+        default = first + (1 if named is StackKind.T else 0)
+    options.append(AxisOption("none (2D slices)", None, StackKind.PLANES))
+    return options, default
+
+
+def stack_metadata(axes: ImageAxes) -> dict:
+    """The `STACK_META_KEY` entry of a labels layer written with `axes`."""
+    return {"axis": axes.stack_axis, "kind": axes.kind.value}
+
+
+def time_axis(metadata: Mapping, axis_labels: Sequence[str] = ()) -> int | None:
+    """The time axis of a labels layer: from the dock's `STACK_META_KEY` metadata (a stack
+    axis marked t), else from a napari axis label naming time; None when neither says."""
+    entry = metadata.get(STACK_META_KEY) if isinstance(metadata, Mapping) else None
+    if isinstance(entry, Mapping):  # the dock's record wins over the axis labels
+        axis = entry.get("axis")
+        return int(axis) if entry.get("kind") == StackKind.T.value and isinstance(axis, int) else None
+    for axis, label in enumerate(axis_labels):
+        if _named_kind(str(label)) is StackKind.T:
+            return axis
+    return None

@@ -14,9 +14,10 @@ import numpy as np
 
 from ..api.prompts_file import ObjectPrompt
 from ..errors import UserError
+from .axes import STACK_META_KEY, ImageAxes, stack_metadata
 
 __all__ = ["CommitRecord", "LabelsLayerError", "ObjectBook", "PixelEdit", "next_label_id",
-           "paint_frame", "paint_object", "undo_edit", "writable_plane"]
+           "paint_frame", "paint_object", "record_stack", "undo_edit", "writable_plane"]
 
 #: (outer, frame) of one plane; None entries for data without that axis.
 PlaneKey = tuple[int | None, int | None]
@@ -39,6 +40,16 @@ def writable_plane(layer, plane: tuple[int, ...]) -> np.ndarray:
         raise LabelsLayerError(f"the labels layer '{layer.name}' is not an in-memory numpy array "
                                f"({type(data).__name__}): FocSAM cannot write into it")
     return data[plane] if plane else data
+
+
+def record_stack(layer, axes: ImageAxes) -> None:
+    """Note in a labels layer's ``metadata`` what its stack axis is (z, t or planes), so the
+    tracking dock knows a time-lapse; 2D layers get nothing."""
+    if not axes.is_stack:
+        return
+    entry = stack_metadata(axes)
+    if layer.metadata.get(STACK_META_KEY) != entry:
+        layer.metadata = {**layer.metadata, STACK_META_KEY: entry}  # assigned: napari's event fires
 
 
 @dataclass

@@ -134,7 +134,7 @@ class SegmentationController(QObject):
         axes = self.axes()
         choices = self._choices
         return SegmenterSpec(image_data(choices.image), self._generation, axes, choices.interactive,
-                             choices.propagation if axes.is_stack else None, choices.device,
+                             choices.propagation if axes.propagates else None, choices.device,
                              choices.dtype, self.cache_root)
 
     def prompt_layers(self) -> list:
@@ -162,7 +162,8 @@ class SegmentationController(QObject):
 
     # ------------------------------------------------------------------ embeddings, cancel
     def compute_embeddings(self) -> None:
-        """Encode every frame for each model, in a worker."""
+        """Encode every frame with the interactive model, and with the propagation model when
+        its weights are available, in a worker."""
         if self.runner.running("embed"):
             self.messages.error("Embeddings are already being computed")
             return
@@ -178,7 +179,7 @@ class SegmentationController(QObject):
     def _on_embed_event(self, event) -> None:
         if isinstance(event, Status):
             self.messages.info(event.text)
-        elif isinstance(event, Failed):
+        elif isinstance(event, Failed) and not event.cancelled:  # a cancel is reported at the end
             self.messages.error(f"Embedding failed: {event.message}")
         elif isinstance(event, Progress):
             role = event.stage.partition(":")[2] or event.stage
@@ -192,13 +193,18 @@ class SegmentationController(QObject):
                 self.messages.info(text)
             else:
                 self.messages.error(text)
-        elif task.failed is None:
-            self.messages.info("Embeddings ready")
 
     def cancel(self) -> None:
-        """Stop the running embedding, propagation and download (what they wrote is kept)."""
-        if not self.runner.cancel_all(LONG_TASKS, USER_CANCEL):
+        """Stop the running embedding, propagation and download (what they wrote is kept).
+
+        Says "Cancelling…" at once; each task's end posts the final message.
+        """
+        tasks = self.runner.cancel_all(LONG_TASKS, USER_CANCEL)
+        if not tasks:
             self.messages.info("Nothing to cancel")
+            return
+        what = {"embed": "the embeddings", "propagate": "the propagation", "download": "the download"}
+        self.messages.info(f"Cancelling {' and '.join(what[t.name] for t in tasks)}…")
 
     # ------------------------------------------------------------------ layers and closing
     def _on_layer_removed(self, event) -> None:

@@ -1,4 +1,4 @@
-"""Model choice with weight status, download (with progress) and a local checkpoint file."""
+"""Model choices with their weights' status, download (with progress) and local checkpoint files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -21,6 +20,7 @@ from qtpy.QtWidgets import (
 
 from ..api.models import RANDOM_WEIGHTS
 from ..families import ModelChoiceError, Role, model_menu
+from .layout import ElidingComboBox
 from .session import ModelChoice
 from .status import Messages
 from .tasks import Failed, download_weights
@@ -63,11 +63,86 @@ class _Relay(QObject):
     progress = Signal(object, object)
 
 
+class _LocalFile(QWidget):
+    """A checkpoint path: a line edit (the full path as tooltip) and a "…" browse button.
+
+    Signals
+    -------
+    changed()
+        The path was edited or chosen.
+    """
+
+    changed = Signal()
+
+    def __init__(self, what: str, parent=None) -> None:
+        super().__init__(parent)
+        self._what = what
+        self._stash = ""
+        self.edit = QLineEdit()
+        self.edit.setClearButtonEnabled(True)
+        self.edit.setMinimumWidth(60)
+        self.browse = QToolButton()
+        self.browse.setText("…")
+        self.browse.setToolTip(f"Choose a local checkpoint file for the {what} model")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.edit, 1)
+        row.addWidget(self.browse)
+        self.edit.editingFinished.connect(self._on_edited)
+        self.edit.textChanged.connect(self._update_tooltip)
+        self.browse.clicked.connect(self._browse)
+        self.edit.setPlaceholderText(self._placeholder(True))
+        self._update_tooltip("")
+
+    def path(self) -> str | None:
+        return self.edit.text().strip() or None
+
+    def set_path(self, path: str) -> None:
+        self.edit.setText(path)
+        self.edit.setCursorPosition(len(path))  # the file name shows, not the folders
+        self.changed.emit()
+
+    def set_usable(self, usable: bool) -> None:
+        """Enable the choice, or disable and empty it (the path comes back when re-enabled)."""
+        if usable == self.edit.isEnabled():
+            return
+        if usable:
+            self.edit.setText(self._stash)
+            self._stash = ""
+        else:
+            self._stash = self.edit.text()
+            self.edit.clear()
+        self.edit.setEnabled(usable)
+        self.browse.setEnabled(usable)
+        self.edit.setPlaceholderText(self._placeholder(usable))
+
+    @staticmethod
+    def _placeholder(usable: bool) -> str:
+        return "optional: a local checkpoint file" if usable else "not used with random weights"
+
+    def _update_tooltip(self, text: str) -> None:
+        self.edit.setToolTip(f"In use: {text}" if text.strip() else
+                             f"Optional: a checkpoint file for the {self._what} model (e.g. "
+                             "fine-tuned weights) instead of the downloaded one")
+
+    def _on_edited(self) -> None:
+        self.edit.setCursorPosition(len(self.edit.text()))
+        self.changed.emit()
+
+    def _browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, f"Checkpoint of the {self._what} model", "",
+                                              "Checkpoints (*.pt *.pth *.zip);;All files (*)")
+        if path:
+            self.set_path(path)
+
+
 class ModelsBox(QWidget):
-    """Interactive and propagation model combos, their weights, and the random-weights switch.
+    """Interactive and propagation model combos, their weights (download, local files), and
+    the random-weights switch.
 
     The combos list the registry's models of each role (`families.model_menu`), and in
-    random-weights mode the families' tiny test configs too.
+    random-weights mode the families' tiny test configs too. A model's entry says where its
+    weights come from (``cached``, ``missing``, ``local file``, ``random``...).
 
     Parameters
     ----------
@@ -94,37 +169,40 @@ class ModelsBox(QWidget):
         self._relay.progress.connect(self._on_progress)
         form = QFormLayout(self)
         form.setContentsMargins(0, 0, 0, 0)
-        self.interactive_combo = QComboBox()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        self.interactive_combo = ElidingComboBox()
         self.interactive_combo.setToolTip("Model that draws an object from your clicks / box")
-        self.propagation_combo = QComboBox()
-        self.propagation_combo.setToolTip("SAM 2 model that carries objects through z / t")
+        self.propagation_combo = ElidingComboBox()
+        self.propagation_combo.setToolTip("SAM 2 model that carries objects through z / t (loaded "
+                                          "when you first propagate)")
         self.download_button = QPushButton("Download")
         self.download_button.setToolTip("Download the interactive model's weights into the cache")
         self.propagation_download = QPushButton("Download")
         self.propagation_download.setToolTip("Download the propagation model's weights")
         self.download_bar = QProgressBar()
         self.download_bar.setVisible(False)
-        self.local_file = QLineEdit()
-        self.local_file.setPlaceholderText("optional: a local checkpoint file")
-        self.local_file.setClearButtonEnabled(True)
-        browse = QToolButton()
-        browse.setText("…")
-        browse.setToolTip("Use a local checkpoint file for the interactive model")
+        self.interactive_file = _LocalFile("interactive")
+        self.propagation_file = _LocalFile("propagation")
+        #: The interactive model's local-file line edit.
+        self.local_file = self.interactive_file.edit
         for label, widgets in (("Interactive", (self.interactive_combo, self.download_button)),
-                               ("", (self.download_bar,)), ("Local file", (self.local_file, browse)),
-                               ("Propagation", (self.propagation_combo, self.propagation_download))):
+                               ("", (self.download_bar,)), ("Local file", (self.interactive_file,)),
+                               ("Propagation", (self.propagation_combo, self.propagation_download)),
+                               ("Local file", (self.propagation_file,))):
             row = QHBoxLayout()
             for i, widget in enumerate(widgets):
                 row.addWidget(widget, 1 if i == 0 else 0)
             form.addRow(label, row)
-        self.random_check = QCheckBox("random weights (tests / demos: masks are meaningless)")
+        self.random_check = QCheckBox("random weights (tests / demos)")
+        self.random_check.setToolTip("Tiny test models with random weights: every button works, "
+                                     "the masks are meaningless")
         self.random_check.setChecked(env_flag(ENV_RANDOM_WEIGHTS) if random_weights is None
                                      else bool(random_weights))
         self._fill()
         for combo in (self.interactive_combo, self.propagation_combo):
             combo.currentIndexChanged.connect(self._emit_changed)
-        self.local_file.editingFinished.connect(self._emit_changed)
-        browse.clicked.connect(self._browse)
+        for local in (self.interactive_file, self.propagation_file):
+            local.changed.connect(self._emit_changed)
         self.random_check.toggled.connect(self._on_random)
         self.download_button.clicked.connect(lambda: self.download(self.interactive_combo.currentData()))
         self.propagation_download.clicked.connect(
@@ -136,14 +214,19 @@ class ModelsBox(QWidget):
         return self.random_check.isChecked()
 
     def interactive_choice(self) -> ModelChoice:
-        model_id = self.interactive_combo.currentData()
-        if self.random_weights:
-            return ModelChoice(model_id, RANDOM_WEIGHTS)
-        return ModelChoice(model_id, self.local_file.text().strip() or None)
+        return self._choice(self.interactive_combo, self.interactive_file)
 
     def propagation_choice(self) -> ModelChoice:
-        return ModelChoice(self.propagation_combo.currentData(),
-                           RANDOM_WEIGHTS if self.random_weights else None)
+        return self._choice(self.propagation_combo, self.propagation_file)
+
+    def _choice(self, combo, local: _LocalFile) -> ModelChoice:
+        if self.random_weights:
+            return ModelChoice(combo.currentData(), RANDOM_WEIGHTS)
+        return ModelChoice(combo.currentData(), local.path())
+
+    def set_local_file(self, path: str, role: str = "interactive") -> None:
+        """Use checkpoint file `path` for the model of `role` (as the "…" button does)."""
+        (self.interactive_file if role == "interactive" else self.propagation_file).set_path(path)
 
     def select_models(self, interactive: str | None = None, propagation: str | None = None) -> None:
         """Select models by id (e.g. ``"sam_test_tiny"`` in random-weights mode)."""
@@ -159,15 +242,25 @@ class ModelsBox(QWidget):
     def refresh_weights(self) -> None:
         """Update the weight status shown after each model's name, and the Download buttons."""
         random = self.random_weights
-        for combo in (self.interactive_combo, self.propagation_combo):
+        downloading = self.runner.running("download")
+        for combo, local, button in ((self.interactive_combo, self.interactive_file,
+                                      self.download_button),
+                                     (self.propagation_combo, self.propagation_file,
+                                      self.propagation_download)):
+            local.set_usable(not random)
             for i in range(combo.count()):
                 name = combo.itemData(i, _NAME_ROLE) or combo.itemText(i)
-                combo.setItemText(i, f"{name} — {weights_label(combo.itemData(i), random)}")
-        downloading = self.runner.running("download")
-        for button, combo in ((self.download_button, self.interactive_combo),
-                              (self.propagation_download, self.propagation_combo)):
+                status = weights_label(combo.itemData(i), random)
+                if i == combo.currentIndex() and local.path() and not random:
+                    status = "local file"
+                combo.setItemText(i, f"{name} — {status}")
             status = weights_label(combo.currentData(), random)
             button.setEnabled(status in ("missing", "unverified") and not downloading)
+
+    def enterEvent(self, event) -> None:
+        """Files may have changed outside (a download by the CLI, a damaged file deleted)."""
+        self.refresh_weights()
+        super().enterEvent(event)
 
     def _fill(self) -> None:
         random = self.random_weights
@@ -190,13 +283,6 @@ class ModelsBox(QWidget):
     def _emit_changed(self, *_args) -> None:
         self.refresh_weights()
         self.changed.emit()
-
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Checkpoint of the interactive model", "",
-                                              "Checkpoints (*.pt *.pth *.zip);;All files (*)")
-        if path:
-            self.local_file.setText(path)
-            self._emit_changed()
 
     # ------------------------------------------------------------------ download
     def download(self, model_id: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import weakref
 
 import numpy as np
 from napari.layers import Labels
@@ -22,7 +23,15 @@ from qtpy.QtWidgets import (
 
 from ..errors import UserError
 from .axes import AxesError
-from .commit import LabelsLayerError, ObjectBook, next_label_id, paint_object, undo_edit, writable_plane
+from .commit import (
+    LabelsLayerError,
+    ObjectBook,
+    next_label_id,
+    paint_object,
+    record_stack,
+    undo_edit,
+    writable_plane,
+)
 from .controller import SegmentationController
 from .layer_combo import LayerCombo
 from .live import PREVIEW_NAME
@@ -36,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 class ObjectsPanel(QWidget):
     """Target Labels layer, commit / undo, the committed objects, the Propagate buttons.
+
+    The target combo lists only the Labels layers shaped like the image's labels; when another
+    image is chosen it re-selects the layer last used with that image, or none.
 
     Parameters
     ----------
@@ -67,6 +79,9 @@ class ObjectsPanel(QWidget):
         self._propagation = propagation
         self.book = ObjectBook()
         self._book_layer = None
+        self._image = None
+        #: image layer -> the labels layer last used with it (re-selected when it comes back)
+        self._targets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         #: (layer, its largest label) so that a new id does not scan the whole volume each time
         self._max_label: tuple[object, int] | None = None
         layout = QVBoxLayout(self)
@@ -74,14 +89,17 @@ class ObjectsPanel(QWidget):
         row = QHBoxLayout()
         row.addWidget(QLabel("Labels"))
         self.labels_combo = LayerCombo(self.viewer, Labels, none_text="(new on first commit)",
-                                       accept=lambda layer: layer.name != PREVIEW_NAME,
-                                       auto_select=False)
+                                       accept=self._fits, auto_select=False, watch=("data",))
+        self.labels_combo.setToolTip("Labels layer the objects are written into (only those shaped "
+                                     "like the image are listed)")
         row.addWidget(self.labels_combo, 1)
         self.new_labels_button = QPushButton("New")
         self.new_labels_button.setToolTip("New Labels layer shaped like the image (no channel axis)")
         row.addWidget(self.new_labels_button)
         layout.addLayout(row)
-        self.only_background = QCheckBox("only fill background (never overwrite other objects)")
+        self.only_background = QCheckBox("only fill background")
+        self.only_background.setToolTip("Commits paint only pixels that are 0: other objects are "
+                                         "never overwritten")
         layout.addWidget(self.only_background)
         grid = QGridLayout()
         self.commit_button = QPushButton("Commit object (C)")
@@ -92,13 +110,9 @@ class ObjectsPanel(QWidget):
                                     self.undo_click_button, self.undo_commit_button)):
             grid.addWidget(button, i // 2, i % 2)
         layout.addLayout(grid)
-        self.object_list = QListWidget()
-        self.object_list.setMinimumHeight(80)
-        self.object_list.setToolTip("Committed objects: select one to add clicks to it on another "
-                                    "slice (a correction); 'New object' to start another")
-        layout.addWidget(self.object_list)
+        # the Propagate buttons above the list, which grows: they stay near the top of the dock
+        layout.addWidget(QLabel("Propagate every committed object:"))
         row = QHBoxLayout()
-        row.addWidget(QLabel("Propagate"))
         self.propagate_buttons = {}
         for direction, text in (("backward", "◀ Backward"), ("both", "Both"), ("forward", "Forward ▶")):
             button = QPushButton(text)
@@ -106,6 +120,11 @@ class ObjectsPanel(QWidget):
             self.propagate_buttons[direction] = button
             row.addWidget(button)
         layout.addLayout(row)
+        self.object_list = QListWidget()
+        self.object_list.setMinimumHeight(80)
+        self.object_list.setToolTip("Committed objects: select one to add clicks to it on another "
+                                    "slice (a correction); 'New object' to start another")
+        layout.addWidget(self.object_list)
         self.commit_button.clicked.connect(self.commit)
         self.new_object_button.clicked.connect(self.new_object)
         self.undo_click_button.clicked.connect(self.undo_click_requested)
@@ -116,7 +135,7 @@ class ObjectsPanel(QWidget):
         self.undo_commit_button.setEnabled(False)
         self._deferred_commit = False
         controller.live.changed.connect(self._on_preview_changed)
-        controller.spec_changed.connect(self._update_propagate_buttons)
+        controller.spec_changed.connect(self._on_spec_changed)
         controller.runner.task_started.connect(self._update_propagate_buttons)
         controller.runner.task_finished.connect(self._update_propagate_buttons)
         propagation.ended.connect(self._on_propagated)
@@ -145,6 +164,27 @@ class ObjectsPanel(QWidget):
     def _labels_edited(self, _event=None) -> None:
         self._max_label = None
 
+    def _fits(self, layer) -> bool:
+        """Whether Labels `layer` can be the target: shaped like the image's labels."""
+        if layer.name == PREVIEW_NAME:
+            return False
+        image = self._controller.image_layer()
+        try:
+            axes = self._controller.axes()
+        except AxesError:
+            return False
+        return tuple(layer.data.shape) == axes.labels_shape(image_data(image).shape)
+
+    def _on_spec_changed(self) -> None:
+        image = self._controller.image_layer()
+        self.labels_combo.refresh()  # the shape that fits may have changed
+        if image is not self._image:
+            self._image = image
+            last = self._targets.get(image) if image is not None else None
+            layer = last() if last is not None else None
+            self.labels_combo.set_layer(layer if layer in self.labels_combo.layers() else None)
+        self._update_propagate_buttons()
+
     def new_labels_layer(self):
         """Add an empty int32 Labels layer shaped like the image, and make it the target."""
         axes = self._controller.axes()
@@ -153,6 +193,7 @@ class ObjectsPanel(QWidget):
         active = self.viewer.layers.selection.active
         layer = self.viewer.add_labels(np.zeros(shape, dtype=np.int32), name=f"{image.name} FocSAM",
                                        **layer_transform_kwargs(image))
+        record_stack(layer, axes)
         place_below(self.viewer, layer, self._controller.overlay_layers())
         self.labels_combo.set_layer(layer)
         if active is not None and active in self.viewer.layers:
@@ -182,6 +223,9 @@ class ObjectsPanel(QWidget):
             self.book.clear()
             self._book_layer = layer
             self._refresh_list()
+        image = self._controller.image_layer()
+        if layer is not None and image is not None:
+            self._targets[image] = weakref.ref(layer)
         self._max_label = None
         if layer is not None:  # painting by hand may add larger ids
             for emitter in (layer.events.paint, layer.events.data):
@@ -210,12 +254,13 @@ class ObjectsPanel(QWidget):
 
     def _update_propagate_buttons(self, *_args) -> None:
         try:
-            is_stack = self._controller.axes().is_stack
+            propagates = self._controller.axes().propagates
         except AxesError:  # no image or an unusable axis choice
-            is_stack = False
+            propagates = False
         for button in self.propagate_buttons.values():
-            button.setEnabled(is_stack and not self._propagation.running)
-            button.setToolTip("" if is_stack else "Propagation needs a stack: choose a stack axis")
+            button.setEnabled(propagates and not self._propagation.running)
+            button.setToolTip("" if propagates else "Propagation needs a z or t stack: choose a "
+                              "stack axis under Setup")
 
     # ------------------------------------------------------------------ actions
     def commit(self) -> bool:
@@ -233,6 +278,12 @@ class ObjectsPanel(QWidget):
                 messages.error("Nothing to commit: click on an object first")
             return False
         result, request = ready
+        if not result.mask.any():
+            selected = self.selected_id()
+            which = f" of object {selected}" if selected is not None else ""
+            messages.error(f"The preview{which} is empty (0 pixels): nothing to commit. Click inside "
+                           "the object, or remove the negative clicks on it")
+            return False
         target = self.target_layer() or self.new_labels_layer()
         if tuple(target.data.shape) != tuple(request.labels_shape):
             messages.error(f"The labels layer '{target.name}' has shape {target.data.shape}, the "
@@ -250,6 +301,7 @@ class ObjectsPanel(QWidget):
         edit = paint_object(plane, result.mask, obj_id, only_background=self.only_background.isChecked(),
                             replace=True, plane_index=request.plane)
         target.refresh()
+        record_stack(target, request.axes)
         self._book_layer = target
         self.book.record(obj_id, dataclasses.replace(result.prompt, obj_id=obj_id), edit)
         self.committed.emit(request.mapped)

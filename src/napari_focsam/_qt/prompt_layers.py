@@ -19,8 +19,9 @@ import numpy as np
 from ..api.prompts_file import ObjectPrompt
 from .axes import ImageAxes
 
-__all__ = ["POSITIVE", "MappedPrompts", "collect_prompt", "image_data", "make_points_layer",
-           "layer_transform_kwargs", "make_shapes_layer", "place_below", "positive_flags",
+__all__ = ["NEGATIVE_COLOR", "POINTS_NAME", "POSITIVE", "POSITIVE_COLOR", "SHAPES_NAME",
+           "MappedPrompts", "collect_prompt", "image_data", "layer_transform_kwargs",
+           "make_points_layer", "make_shapes_layer", "place_below", "positive_flags",
            "to_image_data"]
 
 logger = logging.getLogger(__name__)

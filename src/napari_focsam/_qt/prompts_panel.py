@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from functools import partial
 
 from napari.layers import Points, Shapes
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from .layer_combo import LayerCombo
-from .prompt_layers import POSITIVE, MappedPrompts, make_points_layer, make_shapes_layer
+from .prompt_layers import (
+    NEGATIVE_COLOR,
+    POINTS_NAME,
+    POSITIVE,
+    POSITIVE_COLOR,
+    SHAPES_NAME,
+    MappedPrompts,
+    make_points_layer,
+    make_shapes_layer,
+)
 from .status import Messages
 
 __all__ = ["PromptsPanel"]
@@ -55,6 +65,11 @@ class PromptsPanel(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         self.points_combo = LayerCombo(viewer, Points, none_text="(none)", auto_select=False)
         self.shapes_combo = LayerCombo(viewer, Shapes, none_text="(none)", auto_select=False)
+        for combo in (self.points_combo, self.shapes_combo):  # two on one row: narrow minimum
+            combo.setMinimumContentsLength(3)
+        self.points_combo.setToolTip("Points layer of the clicks")
+        self.shapes_combo.setToolTip("Shapes layer of the boxes (rectangles) and mask prompts "
+                                     "(polygons, ellipses)")
         row = QHBoxLayout()
         row.addWidget(QLabel("Points"))
         row.addWidget(self.points_combo, 1)
@@ -83,8 +98,14 @@ class PromptsPanel(QWidget):
         return self.shapes_combo.current_layer()
 
     def new_prompt_layers(self):
-        """Add a Points layer (positive / negative clicks) and a Shapes layer (boxes)."""
+        """Add a Points layer (positive / negative clicks) and a Shapes layer (boxes), empty and
+        aligned with the image; FocSAM prompt layers made earlier are replaced."""
         image = self._image_layer()
+        old = [layer for layer in self.viewer.layers
+               if isinstance(layer, (Points, Shapes))
+               and re.sub(r" \[\d+\]$", "", layer.name) in (POINTS_NAME, SHAPES_NAME)]
+        for layer in old:
+            self.viewer.layers.remove(layer)
         shapes = make_shapes_layer(self.viewer, image)
         points = make_points_layer(self.viewer, image, positive=self.positive)
         self.points_combo.set_layer(points)
@@ -104,7 +125,7 @@ class PromptsPanel(QWidget):
             layer.events.data.connect(self._on_data)
             self._layers[kind] = layer
             if kind == "points" and POSITIVE in layer.features.columns:
-                layer.feature_defaults = {POSITIVE: self.positive}
+                self._set_click_default(layer)
         self.layers_changed.emit(self.points_layer(), self.shapes_layer())
         self.prompts_changed.emit()
 
@@ -135,7 +156,7 @@ class PromptsPanel(QWidget):
         self.positive = not self.positive
         points = self.points_layer()
         if points is not None and POSITIVE in points.features.columns:
-            points.feature_defaults = {POSITIVE: self.positive}
+            self._set_click_default(points)
         elif points is not None:
             self._messages.error("This points layer has no 'positive' feature: all its points are "
                                  "positive (use 'New prompt layers' for negative clicks)")
@@ -149,7 +170,21 @@ class PromptsPanel(QWidget):
         features = points.features
         features.loc[features.index[list(indices)], POSITIVE] = False
         points.refresh_colors(update_color_mapping=False)
+        # napari then selects the new point, which makes its (negative) feature the default
+        # of the next click: put the default back once that is done
+        QTimer.singleShot(0, self._reset_click_default)
         self.prompts_changed.emit()
+
+    def _reset_click_default(self) -> None:
+        points = self.points_layer()
+        if points is not None and POSITIVE in points.features.columns:
+            self._set_click_default(points)
+
+    def _set_click_default(self, points) -> None:
+        """The next click's `POSITIVE` feature and face colour (the layer controls show it)."""
+        points.feature_defaults = {POSITIVE: self.positive}
+        with points.block_update_properties():  # the selected points keep their colour
+            points.current_face_color = POSITIVE_COLOR if self.positive else NEGATIVE_COLOR
 
     def _update_polarity(self) -> None:
         self.polarity_button.setChecked(not self.positive)

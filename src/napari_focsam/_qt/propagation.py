@@ -10,7 +10,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..api.prompts_file import ObjectPrompt
 from .axes import ImageAxes
-from .commit import LabelsLayerError, paint_frame, writable_plane
+from .commit import LabelsLayerError, paint_frame, record_stack, writable_plane
 from .controller import USER_CANCEL, SegmentationController
 from .tasks import Failed, FrameResult, Status, describe_error, propagate_task
 from .workers import Task
@@ -106,8 +106,8 @@ class PropagationController(QObject):
         except Exception as exc:  # noqa: BLE001 - reported in the status line, never raised
             messages.error(describe_error(exc, "the propagation's settings"))
             return False
-        if not spec.axes.is_stack:
-            messages.error("Propagation needs a stack: choose a stack axis under Setup")
+        if not spec.axes.propagates:
+            messages.error("Propagation needs a z or t stack: choose a stack axis under Setup")
             return False
         needed = spec.axes.labels_shape(spec.data.shape)
         if tuple(target.data.shape) != tuple(needed):
@@ -119,6 +119,7 @@ class PropagationController(QObject):
         except LabelsLayerError as exc:
             messages.error(str(exc))
             return False
+        record_stack(target, spec.axes)
         self.run = PropagationRun(target, controller.image_layer(),
                                   frozenset(p.obj_id for p in prompts), spec.axes)
         controller.runner.start("propagate", propagate_task, controller.holder, spec, prompts,
@@ -132,7 +133,7 @@ class PropagationController(QObject):
             return
         if isinstance(event, Status):
             self._controller.messages.info(event.text)
-        elif isinstance(event, Failed):
+        elif isinstance(event, Failed) and not event.cancelled:  # a cancel is reported at the end
             self._controller.messages.error(f"Propagation failed: {event.message}")
         elif isinstance(event, FrameResult):
             if run.target not in self.viewer.layers:

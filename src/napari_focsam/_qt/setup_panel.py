@@ -6,11 +6,12 @@ import logging
 
 from napari.layers import Image
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
-from .axes import AxesError, ImageAxes, stack_axis_choices
+from .axes import AxesError, ImageAxes, StackKind, axis_options
 from .layer_combo import LayerCombo
+from .layout import ElidingComboBox
 from .models_box import ModelsBox
 from .prompt_layers import image_data
 from .session import SetupChoices
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 class SetupPanel(QWidget):
-    """Model, device, image and axis choices.
+    """Model, image and axis choices; device, precision and random weights under "Advanced".
 
     Parameters
     ----------
@@ -52,30 +53,40 @@ class SetupPanel(QWidget):
         layout.addWidget(self.models)
         form = QFormLayout()
         form.setContentsMargins(0, 0, 0, 0)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         layout.addLayout(form)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
-        self.dtype_combo = QComboBox()
-        self.dtype_combo.addItems(["auto", "fp32", "bf16"])
-        row = QHBoxLayout()
-        row.addWidget(self.device_combo, 1)
-        row.addWidget(QLabel("Precision"))
-        row.addWidget(self.dtype_combo, 1)
-        form.addRow("Device", row)
         self.image_combo = LayerCombo(viewer, Image)
         form.addRow("Image", self.image_combo)
-        self.stack_combo = QComboBox()
-        self.stack_combo.setToolTip("Axis the frames run along (z or t); the other non-spatial axis "
-                                    "of 4D data is the outer axis")
+        self.stack_combo = ElidingComboBox()
+        self.stack_combo.setToolTip("The axis the frames run along, as z (slices) or t (time: the "
+                                    "tracking dock works on it); 'none (2D slices)': each plane on "
+                                    "its own, no propagation. The other non-spatial axis of 4D data "
+                                    "is the outer axis")
         form.addRow("Stack axis", self.stack_combo)
         self.axes_label = QLabel()
         self.axes_label.setWordWrap(True)
         self.axes_label.setStyleSheet("color: gray;")
         self.axes_label.setVisible(False)
         form.addRow(self.axes_label)
+        # rarely changed: device, precision, random weights
+        self.device_combo = ElidingComboBox()
+        self.device_combo.addItems(["auto", "cpu", "cuda", "mps"])
+        self.device_combo.setMinimumContentsLength(4)
+        self.device_combo.setToolTip("auto: CUDA, else MPS, else CPU")
+        self.dtype_combo = ElidingComboBox()
+        self.dtype_combo.addItems(["auto", "fp32", "bf16"])
+        self.dtype_combo.setMinimumContentsLength(4)
+        self.dtype_combo.setToolTip("Precision of the image encoders (auto: bf16 where it is fast)")
+        settings = QWidget()
+        settings_form = QFormLayout(settings)
+        settings_form.setContentsMargins(0, 0, 0, 0)
+        settings_form.addRow("Device", self.device_combo)
+        settings_form.addRow("Precision", self.dtype_combo)
+        settings_form.addRow(self.models.random_check)
         advanced = QCollapsible("Advanced")
-        advanced.addWidget(self.models.random_check)
+        advanced.addWidget(settings)
         layout.addWidget(advanced)
+        self._options = []
         self.models.changed.connect(self._emit_changed)
         for combo in (self.device_combo, self.dtype_combo, self.stack_combo):
             combo.currentIndexChanged.connect(self._emit_changed)
@@ -89,8 +100,8 @@ class SetupPanel(QWidget):
 
     def choices(self) -> SetupChoices:
         """What the section holds now."""
-        stack = self.stack_combo.currentData() if self.stack_combo.count() else None
-        stack = None if stack is None or stack < 0 else int(stack)
+        index = self.stack_combo.currentIndex()
+        stack = self._options[index] if 0 <= index < len(self._options) else None
         return SetupChoices(self.image_layer(), stack, self.models.interactive_choice(),
                             self.models.propagation_choice(), self.device_combo.currentText(),
                             self.dtype_combo.currentText())
@@ -105,6 +116,15 @@ class SetupPanel(QWidget):
         """
         return self.choices().axes()
 
+    def select_stack(self, axis: int | None, kind: StackKind | str) -> None:
+        """Choose stack axis `axis` as `kind` (``"z"``, ``"t"``; None and ``"planes"``: none)."""
+        kind = StackKind(kind)
+        for i, option in enumerate(self._options):
+            if option.kind is kind and (kind is StackKind.PLANES or option.axis == axis):
+                self.stack_combo.setCurrentIndex(i)
+                return
+        raise AxesError(f"axis {axis} as {kind.value} is not offered for this image")
+
     def _emit_changed(self, *_args) -> None:
         self.changed.emit(self.choices())
 
@@ -112,20 +132,17 @@ class SetupPanel(QWidget):
     def _on_image(self, layer) -> None:
         self.stack_combo.blockSignals(True)
         self.stack_combo.clear()
+        self._options = []
         problem = ""
         try:
             if layer is not None:
-                labels = tuple(getattr(layer, "axis_labels", ()) or ())
-                for axis in stack_axis_choices(int(layer.ndim)):
-                    if axis is None:
-                        self.stack_combo.addItem("none (2D image)", -1)
-                        continue
-                    name = labels[axis] if axis < len(labels) else ""
-                    named = f" ({name})" if name and not name.lstrip("-").isdigit() else ""
-                    size = image_data(layer).shape[axis]
-                    self.stack_combo.addItem(f"axis {axis}{named}: {size} frames", axis)
-                # default: the axis just before the spatial ones (z of t, z, y, x)
-                self.stack_combo.setCurrentIndex(self.stack_combo.count() - 1)
+                shape = image_data(layer).shape
+                shape = shape[:-1] if getattr(layer, "rgb", False) else shape
+                labels = tuple(str(a) for a in (getattr(layer, "axis_labels", ()) or ()))
+                self._options, default = axis_options(shape, labels)
+                for option in self._options:
+                    self.stack_combo.addItem(option.text)
+                self.stack_combo.setCurrentIndex(default)
         except AxesError as exc:
             problem = str(exc)
         finally:
@@ -142,7 +159,9 @@ class SetupPanel(QWidget):
             self._set_axes_text(str(exc) if self.image_layer() is not None else "")
             return
         parts = []
-        if axes.outer_axis is not None:
+        if axes.kind is StackKind.PLANES and axes.is_stack:
+            parts.append("each plane segmented on its own: no propagation")
+        elif axes.outer_axis is not None:
             parts.append(f"outer axis: {axes.outer_axis} (each position propagated on its own)")
         if axes.rgb:
             parts.append("RGB(A) channels: last axis")
@@ -153,4 +172,3 @@ class SetupPanel(QWidget):
     def _set_axes_text(self, text: str) -> None:
         self.axes_label.setText(text)
         self.axes_label.setVisible(bool(text))
-

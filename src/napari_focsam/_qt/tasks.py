@@ -18,7 +18,8 @@ import numpy as np
 from ..api.prompts_file import ObjectPrompt
 from ..api.segmenter import Progress
 from ..errors import Cancelled, UserError, report_internal_error
-from .session import SegmenterHolder, SegmenterSpec
+from ..families import Role
+from .session import SegmenterHolder, SegmenterSpec, weights_problem
 
 __all__ = ["DownloadCancelled", "Failed", "FrameResult", "PreviewResult", "Status", "describe_error",
            "download_weights", "embed_task", "guarded", "preview_task", "propagate_task"]
@@ -94,40 +95,95 @@ class DownloadCancelled(Cancelled):
 def download_weights(model_id: str, progress: Callable[[int, int | None], None], *,
                      cancel_event: threading.Event):
     """Fetch `model_id`'s checkpoint into the cache; ``progress(done, total)`` per chunk."""
-    from ..weights import fetch_weights
+    from ..weights import ENV_OFFLINE, WeightsNotAvailableError, fetch_weights, get_spec
 
     def callback(done: int, total: int | None) -> None:
         if cancel_event.is_set():
             raise DownloadCancelled(f"download of {model_id} cancelled")
         progress(done, total)
 
-    return fetch_weights(model_id, progress=callback)
+    try:
+        return fetch_weights(model_id, progress=callback)
+    except WeightsNotAvailableError as exc:  # offline mode: its message names the Python API
+        spec = get_spec(model_id)
+        raise WeightsNotAvailableError(
+            model_id, exc.path,
+            f"{model_id} cannot be downloaded: offline mode is on ({ENV_OFFLINE}). Choose a local "
+            f"checkpoint file under Setup, or copy {spec.filename} (from {spec.manual_url}) to "
+            f"{exc.path}") from exc
 
 
-def _segmenter(holder: SegmenterHolder, spec: SegmenterSpec) -> Iterator[Status]:
-    """Yield a status line first when the models have to be loaded (call with the lock held)."""
-    if not holder.matches(spec):
-        yield Status(f"Loading {spec.interactive.model_id}"
-                     + (f" and {spec.propagation.model_id}" if spec.propagation and spec.axes.is_stack
-                        and spec.propagation != spec.interactive else "") + "…")
+def _loading(holder: SegmenterHolder, spec: SegmenterSpec, *,
+             propagation: bool = False) -> Iterator[Status]:
+    """A status line first when models have to be loaded (the propagation model too when
+    `propagation`)."""
+    names = [] if holder.matches(spec) else [spec.interactive.model_id]
+    if propagation and spec.propagation is not None and not holder.propagation_attached(spec) \
+            and spec.propagation != spec.interactive:
+        names.append(spec.propagation.model_id)
+    if names:
+        yield Status(f"Loading {' and '.join(names)}…")
+
+
+def _encoding_note(seg, prompt: ObjectPrompt) -> str | None:
+    """A status line when drawing `prompt` first has to encode its frame (seconds on a CPU)."""
+    if prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None:
+        return None  # a mask prompt alone is the object: no model call
+    try:
+        flat = seg.flat_frame(prompt.frame, prompt.outer)
+        if seg.stores["interactive"].is_cached(flat):
+            return None
+    except UserError:  # reported by draw_object
+        return None
+    where = "the image" if prompt.frame is None else f"slice {prompt.frame}"
+    return f"Computing the embedding of {where} with {seg.interactive.model_id}…"
 
 
 def embed_task(holder: SegmenterHolder, spec: SegmenterSpec, *,
                cancel_event: threading.Event) -> Iterator[Status | Progress]:
-    """Compute (or find cached) the embeddings of every frame, for each model."""
-    yield from _segmenter(holder, spec)
+    """Compute (or find cached) the embeddings of every frame: the interactive model's, and the
+    propagation model's when its weights are available (the last status line says otherwise)."""
+    missing = None
+    if spec.propagation is not None and spec.axes.propagates:
+        missing = weights_problem(spec.propagation, Role.PROPAGATION)
+    with_propagation = spec.propagation is not None and spec.axes.propagates and missing is None
+    yield from _loading(holder, spec, propagation=with_propagation)
     with holder.lock:
         seg = holder.get(spec)
+        if with_propagation:
+            try:
+                seg = holder.attach_propagation(spec)
+            except UserError as exc:  # e.g. a damaged file: the interactive embeddings still help
+                missing = str(exc)
+    models = [f"{seg.interactive.model_id} (interactive)"]
+    if seg.propagation is not None and seg.propagation is not seg.interactive:
+        models.append(f"{seg.propagation.model_id} (propagation)")
+    yield Status(f"Computing the embeddings of {len(seg.source)} frame(s) with "
+                 f"{' and '.join(models)}…")
     for progress in seg.embed(cancel_event=cancel_event):
         yield progress
         if cancel_event.is_set():
             return
+    if cancel_event.is_set():
+        return
+    if missing is None:
+        yield Status("Embeddings ready")
+    else:
+        yield Status(f"Embeddings of {seg.interactive.model_id} ready; those of "
+                     f"{spec.propagation.model_id} (propagation) are computed once its weights "
+                     f"are available ({missing})")
 
 
 def preview_task(holder: SegmenterHolder, spec: SegmenterSpec, prompt: ObjectPrompt, seq: int, *,
                  cancel_event: threading.Event) -> Iterator[Status | PreviewResult]:
-    """Draw one object from its prompts (the live preview)."""
-    yield from _segmenter(holder, spec)
+    """Draw one object from its prompts (the live preview); never loads the propagation model."""
+    yield from _loading(holder, spec)
+    with holder.lock:
+        if cancel_event.is_set():
+            return
+        note = _encoding_note(holder.get(spec), prompt)
+    if note:
+        yield Status(note)
     with holder.lock:
         if cancel_event.is_set():
             return
@@ -137,12 +193,14 @@ def preview_task(holder: SegmenterHolder, spec: SegmenterSpec, prompt: ObjectPro
 
 def propagate_task(holder: SegmenterHolder, spec: SegmenterSpec, prompts: list[ObjectPrompt],
                    direction: str, *, cancel_event: threading.Event) -> Iterator[Status | FrameResult]:
-    """Propagate every object through its stack, yielding each finished frame's labels."""
-    yield from _segmenter(holder, spec)
+    """Propagate every object through its stack, yielding each finished frame's labels (the
+    propagation model is loaded and attached here, on first use)."""
+    yield from _loading(holder, spec, propagation=True)
     with holder.lock:
-        seg = holder.get(spec)
+        seg = holder.attach_propagation(spec)
         steps = seg.propagate(prompts, direction, cancel_event=cancel_event)
-    yield Status(f"Propagating {len({p.obj_id for p in prompts})} object(s) ({direction})…")
+    yield Status(f"Propagating {len({p.obj_id for p in prompts})} object(s) ({direction}) with "
+                 f"{seg.propagation.model_id}…")
     source = seg.source
     try:
         while not cancel_event.is_set():

@@ -1,6 +1,8 @@
 """The "FocSAM tracking" dock widget: tracks of a labelled time-lapse, divisions, CTC export.
 
-Works on any Labels layer whose axis 0 is time (what "propagate through t" produces): shows a
+Works on Labels layers whose axis 0 is time: those the segmentation dock wrote with its stack
+axis marked as t (``axes.STACK_META_KEY`` in the layer's metadata), or whose napari axis label
+0 names time (``t``, ``time``...). It shows a
 Tracks layer of per-id centroids with the lineage, divides the selected object on the current
 frame into two daughters (the mother's track ends, two new ids start, linked to it), and
 exports the Cell Tracking Challenge result format (``maskTTT.tif`` + ``res_track.txt``) or
@@ -28,7 +30,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..tracking import TrackTable, divide_object, export_ctc, export_labels_tiff, tracks_from_labels
+from .axes import time_axis
 from .layer_combo import LayerCombo
+from .layout import StatusLabel, VerticalScrollArea
 from .live import PREVIEW_NAME
 
 __all__ = ["TrackingPanel"]
@@ -39,8 +43,27 @@ TRACKS_NAME = "FocSAM tracks"
 META_KEY = "focsam_tracks"
 
 
+def is_time_lapse(layer) -> bool:
+    """Whether a Labels layer is a time-lapse with time on axis 0 (what the dock works on)."""
+    return (layer.name != PREVIEW_NAME and layer.data.ndim >= 3
+            and time_axis(layer.metadata, tuple(getattr(layer, "axis_labels", ()) or ())) == 0)
+
+
+def why_not_offered(layer) -> str:
+    """Why Labels `layer` is not a time-lapse for the dock ("" if it is one)."""
+    if is_time_lapse(layer) or layer.name == PREVIEW_NAME:
+        return ""
+    if layer.data.ndim < 3:
+        return f"'{layer.name}' is 2D"
+    axis = time_axis(layer.metadata, tuple(getattr(layer, "axis_labels", ()) or ()))
+    if axis is None:
+        return f"'{layer.name}' has no axis marked as time"
+    return f"'{layer.name}' has time on axis {axis}, not 0"
+
+
 class TrackingPanel(QWidget):
-    """Tracks, divisions and export for a time-lapse Labels layer (time = axis 0).
+    """Tracks, divisions and export for a time-lapse Labels layer (time = axis 0, see
+    `is_time_lapse`); a note says why no layer is offered when there is none.
 
     Parameters
     ----------
@@ -51,36 +74,54 @@ class TrackingPanel(QWidget):
         super().__init__(parent)
         # napari hands plugin widgets a proxy of the viewer; layer identity needs the real one
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
-        self.labels_combo = LayerCombo(
-            self.viewer, Labels,
-            accept=lambda layer: layer.data.ndim >= 3 and layer.name != PREVIEW_NAME)
+        self.labels_combo = LayerCombo(self.viewer, Labels, accept=is_time_lapse,
+                                       watch=("metadata", "axis_labels"))
+        self.labels_combo.setToolTip("Labels layers whose first axis is time")
+        self.note = QLabel()
+        self.note.setWordWrap(True)
+        self.note.setStyleSheet("color: gray;")
         self.update_button = QPushButton("Update tracks")
-        self.divide_button = QPushButton("Division: split selected object here")
+        self.divide_button = QPushButton("Division: split here")
+        self.divide_button.setToolTip("Split the Labels layer's selected object into two daughters "
+                                      "from the current frame on")
         self.ctc_button = QPushButton("Export CTC…")
-        self.tiff_button = QPushButton("Export labels TIFF…")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.tiff_button = QPushButton("Export TIFF…")
+        self.tiff_button.setToolTip("Export the labels as one TIFF")
+        self.status = StatusLabel("", max_lines=4)
 
         box = QGroupBox("Tracking (time = first axis)")
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("labels", self.labels_combo)
         box_layout = QVBoxLayout(box)
         box_layout.addLayout(form)
-        box_layout.addWidget(self.update_button)
-        box_layout.addWidget(self.divide_button)
+        row = QHBoxLayout()
+        row.addWidget(self.update_button)
+        row.addWidget(self.divide_button)
+        box_layout.addLayout(row)
         row = QHBoxLayout()
         row.addWidget(self.ctc_button)
         row.addWidget(self.tiff_button)
         box_layout.addLayout(row)
+        box_layout.addWidget(self.note)
         hint = QLabel("Division: select the mother's id in the Labels layer (its label picker), "
-                      "go to the first frame of the daughters and press the button. Divide after "
+                      "go to the first frame of the daughters and press 'Division'. Divide after "
                       "the last propagation: the segmentation dock does not know the daughters.")
         hint.setWordWrap(True)
+        hint.setStyleSheet("color: gray;")
         box_layout.addWidget(hint)
-        box_layout.addWidget(self.status)
+        content = QWidget()
+        content_layout = QVBoxLayout(content)
+        content_layout.setContentsMargins(0, 0, 4, 0)
+        content_layout.addWidget(box)
+        content_layout.addStretch(1)
+        self.scroll = VerticalScrollArea(content, min_height=170)  # the buttons without scrolling
         layout = QVBoxLayout(self)
-        layout.addWidget(box)
-        layout.addStretch(1)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.scroll, 1)
+        layout.addWidget(self.status)
+        self.labels_combo.refreshed.connect(self._explain)
+        self._explain()
 
         self.update_button.clicked.connect(self.update_tracks)
         self.divide_button.clicked.connect(self.divide_selected)
@@ -88,10 +129,24 @@ class TrackingPanel(QWidget):
         self.tiff_button.clicked.connect(lambda: self.export_tiff())
 
     # ------------------------------------------------------------------ helpers
+    def _explain(self) -> None:
+        """Say why no layer is offered, when none is."""
+        if self.labels_combo.count():
+            self.note.setVisible(False)
+            return
+        reasons = [r for r in map(why_not_offered, self.labels_combo.candidates()) if r]
+        text = ("No time-lapse Labels layer" + (f": {'; '.join(reasons)}" if reasons else "")
+                + ". Choose 'axis 0 as t' under Setup in the segmentation dock, then commit or "
+                "propagate: the labels layer it writes is listed here.")
+        self.note.setText(text)
+        self.note.setVisible(True)
+
     def _labels(self) -> Labels | None:
+        self.labels_combo.refresh()
         layer = self.labels_combo.current_layer()
         if layer is None:
-            self._fail("choose a Labels layer whose first axis is time")
+            self._fail("choose a time-lapse Labels layer (first axis: time): "
+                       + (self.note.text() if not self.note.isHidden() else "none is chosen"))
         return layer
 
     def _fail(self, message: str) -> None:

@@ -1,7 +1,8 @@
 """`FocSamWidget`: click objects, preview them live, commit them into labels, propagate them.
 
 All model work runs in worker threads (`workers.TaskRunner`); the GUI thread only maps
-prompts, paints masks and updates the controls.
+prompts, paints masks and updates the controls. The sections scroll vertically; the progress
+bar, Cancel and the status line stay below them, always in view.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from .bindings import HELP, PromptBindings
 from .controller import LONG_TASKS, SegmentationController
+from .layout import StatusLabel, VerticalScrollArea
 from .objects_panel import ObjectsPanel
 from .prompts_panel import PromptsPanel
 from .propagation import PropagationController
@@ -81,14 +83,25 @@ class FocSamWidget(QWidget):
             "toggle_polarity": self.prompts.toggle_polarity, "undo_click": self.prompts.undo_click,
             "set_negative_click": self.prompts.set_negative, "commit": self.objects.commit,
             "new_object": self.objects.new_object})
-        layout = QVBoxLayout(self)
+        sections = QWidget()
+        inner_layout = QVBoxLayout(sections)
+        inner_layout.setContentsMargins(0, 0, 4, 0)
         for title, widgets in (("Setup", (self.setup, self.embed_button)), ("Prompts", (self.prompts,)),
                                ("Objects", (self.objects,))):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             for widget in widgets:
                 inner.addWidget(widget)
-            layout.addWidget(box)
+            inner_layout.addWidget(box)
+        self.help_label = QLabel(HELP)
+        self.help_label.setWordWrap(True)
+        self.help_label.setStyleSheet("color: gray;")
+        inner_layout.addWidget(self.help_label)
+        inner_layout.addStretch(1)
+        self.scroll = VerticalScrollArea(sections, max_hint_height=520)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.scroll, 1)
         row = QHBoxLayout()
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
@@ -98,14 +111,9 @@ class FocSamWidget(QWidget):
         row.addWidget(self.progress, 1)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
-        self.status_label = QLabel("Choose an image, click 'New prompt layers', then click on an object.")
-        self.status_label.setWordWrap(True)
+        self.status_label = StatusLabel("Choose an image, click 'New prompt layers', then click on "
+                                        "an object.")
         layout.addWidget(self.status_label)
-        self.help_label = QLabel(HELP)
-        self.help_label.setWordWrap(True)
-        self.help_label.setStyleSheet("color: gray;")
-        layout.addWidget(self.help_label)
-        layout.addStretch(1)
 
         self.embed_button.clicked.connect(controller.compute_embeddings)
         self.cancel_button.clicked.connect(controller.cancel)
@@ -114,6 +122,7 @@ class FocSamWidget(QWidget):
         self.propagation.progress.connect(self._show_progress)
         controller.runner.task_started.connect(self._on_task_started)
         controller.runner.task_finished.connect(self._on_task_finished)
+        controller.runner.task_cancelling.connect(self._update_task_buttons)
         self.setup.changed.connect(controller.set_choices)
         self.prompts.prompts_changed.connect(controller.live.schedule)
         self.prompts.layers_changed.connect(controller.set_prompt_layers)
@@ -159,10 +168,11 @@ class FocSamWidget(QWidget):
             self.progress.setFormat("")
         self._update_task_buttons()
 
-    def _update_task_buttons(self) -> None:
+    def _update_task_buttons(self, *_args) -> None:
         runner = self.controller.runner
         self.embed_button.setEnabled(not runner.running("embed"))
-        self.cancel_button.setEnabled(any(runner.running(n) for n in LONG_TASKS))
+        # disabled once asked to stop, until every task has stopped
+        self.cancel_button.setEnabled(any(runner.cancellable(n) for n in LONG_TASKS))
 
     # ------------------------------------------------------------------ closing
     def event(self, event) -> bool:

@@ -74,10 +74,13 @@ class TaskRunner(QObject):
         A task of this name started.
     task_finished(str)
         A task of this name stopped (after its ``on_done``).
+    task_cancelling(str)
+        A task of this name was asked to stop (it stops after its current step).
     """
 
     task_started = Signal(str)
     task_finished = Signal(str)
+    task_cancelling = Signal(str)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -88,6 +91,11 @@ class TaskRunner(QObject):
     def running(self, name: str | None = None) -> bool:
         """Whether task `name` (any task when None) is running."""
         return bool(self.tasks) if name is None else name in self.tasks
+
+    def cancellable(self, name: str) -> bool:
+        """Whether task `name` runs and was not asked to stop yet."""
+        task = self.tasks.get(name)
+        return task is not None and not task.cancelled
 
     def start(self, name: str, fn: Callable, *args, on_event: Callable[[object], None],
               on_done: Callable[[Task], None] | None = None, during: str | None = None,
@@ -152,10 +160,13 @@ class TaskRunner(QObject):
         """Ask task `name` (every task when None) to stop; it stops after its current step."""
         tasks = list(self.tasks.values()) if name is None else [t for t in (self.tasks.get(name),) if t]
         for task in tasks:
-            if not task.cancelled:
+            first = not task.cancelled
+            if first:
                 task.reason = reason
             task.cancel_event.set()
             task.worker.quit()
+            if first and not self.closed:
+                self.task_cancelling.emit(task.name)
         return tasks
 
     def cancel_all(self, names, reason: str = "cancelled") -> list[Task]:
