@@ -186,7 +186,8 @@ def test_offline_and_missing(server, specs, cache, monkeypatch, how):
     message = str(info.value)
     assert specs["test_good"].url in message
     assert str(cache / "good.pth") in message
-    assert "napari-focsam weights path test_good" in message
+    assert "local file" in message and "--weights PATH" in message
+    assert "resolve_weights" not in message and "offline=True" not in message  # no API calls
     assert server.requests == []
 
 

@@ -75,7 +75,7 @@ def read_checkpoint(path: str | Path) -> Any:
         if "Weights only load failed" in str(exc):
             raise CheckpointError(
                 f"{path} holds pickled Python objects besides tensors, which are not loaded for "
-                "safety. An mmengine (FocSAM) checkpoint needs the FocSAM loader."
+                "safety (a FocSAM checkpoint is read when a FocSAM model is chosen)."
             ) from exc
         raise CheckpointError(f"{path} ({size} bytes) is not a PyTorch checkpoint: {exc}") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:

@@ -289,9 +289,10 @@ def make_sample_cell_timelapse() -> list[LayerDataTuple]:
     images, labels, lineage = synthetic_cell_timelapse()
     tracks, graph = tracks_from_labels(labels, lineage)
     return [
-        (images, {"name": "cell_timelapse", "colormap": "green",
+        (images, {"name": "cell_timelapse", "colormap": "green", "axis_labels": ("t", "y", "x"),
                   "contrast_limits": contrast_limits(images)}, "image"),
-        (labels, {"name": "cell_timelapse ground truth"}, "labels"),
+        (labels, {"name": "cell_timelapse ground truth", "axis_labels": ("t", "y", "x")},
+         "labels"),
         (tracks, {"name": "cell_timelapse ground truth tracks", "graph": graph, "tail_length": 8},
          "tracks"),
     ]

@@ -114,7 +114,7 @@ def make_sample_nuclei_3d() -> list[LayerDataTuple]:
     """
     volume, labels = synthetic_nuclei_volume()
     return [
-        (volume, {"name": "nuclei_3d", "colormap": "gray",
+        (volume, {"name": "nuclei_3d", "colormap": "gray", "axis_labels": ("z", "y", "x"),
                   "contrast_limits": contrast_limits(volume)}, "image"),
-        (labels, {"name": "nuclei_3d ground truth"}, "labels"),
+        (labels, {"name": "nuclei_3d ground truth", "axis_labels": ("z", "y", "x")}, "labels"),
     ]

@@ -177,17 +177,16 @@ def _payload_hint(spec: WeightSpec, problem: str) -> str:
     if spec.source == "gdrive":
         return (f"{problem}. Google Drive answered with a web page instead of the file (download "
                 f"quota exceeded or a confirmation page). Download it in a browser from "
-                f"{spec.manual_url} and use it as a local file (or put it at the cache path "
-                f"shown by `napari-focsam weights path {spec.id}`).")
+                f"{spec.manual_url} and choose it as the model's local file (or put it at "
+                f"{cached_path(spec.id)}).")
     return f"{problem} (a proxy or captive portal page?); download {spec.manual_url} by hand"
 
 
 def _offline_message(spec: WeightSpec, target: Path, why: str) -> str:
-    return (f"{spec.id}: {why} and offline mode is on ({ENV_OFFLINE} or offline=True), so it is "
+    return (f"{spec.id}: {why} and downloads are off (offline mode, {ENV_OFFLINE}), so it is "
             f"not downloaded. Download {spec.manual_url} on a machine with internet access and "
-            f"put it at {target}, or use a local copy of the file (the widget's local-file choice, "
-            f"--weights PATH on the command line); `napari-focsam weights path {spec.id}` prints "
-            "the location.")
+            f"put it at {target}, or choose a local copy of the file as the model's local file "
+            "(--weights PATH on the command line).")
 
 
 # ------------------------------------------------------------------------------------ public API
