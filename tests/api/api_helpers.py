@@ -76,7 +76,7 @@ def _gray(frame: np.ndarray) -> np.ndarray:
     return np.asarray(frame)[..., 0]
 
 
-def fake_mask_from_interactive(self, prompt, flat):
+def fake_mask_from_interactive(self, prompt, flat, *, keep=True, cancel_event=None):
     """Stand-in for `Segmenter._mask_from_interactive` (same signature)."""
     FAKE_INTERACTIVE_CALLS.append((prompt.obj_id, flat))
     return prompt_mask(_gray(self.source.raw(flat)), prompt.points_rc, prompt.labels, prompt.box_rc)

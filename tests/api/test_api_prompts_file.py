@@ -214,9 +214,30 @@ def test_binary_csv_is_a_prompts_error(tmp_path):
     ('[{"object_id": 1, "frame": 0, "box": [1, 2, 3, NaN]}]', "box must be finite"),
     ('[{"object_id": 1, "frame": 0, "points": [[1, 2]]}, {"object_id": 2, "points": [[1, 2]]}]',
      "some prompts have a frame and others do not"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # RecursionError in json
+    ('[{"object_id": ' + "9" * 5000 + ', "points": [[1, 2]]}]', "not valid JSON"),  # > int digits
+    ('[{"object_id": 9223372036854775808, "points": [[1, 2]]}]',
+     "object_id must be at most 9223372036854775807"),
 ])
 def test_json_errors(tmp_path, content, match):
     path = tmp_path / "p.json"
     path.write_text(content)
     with pytest.raises(PromptsFileError, match=match):
+        read_prompts(path)
+
+
+@pytest.mark.parametrize("text", ["2147483648", "9007199254740993", "9223372036854775807"])
+def test_large_object_ids_are_read_exactly(tmp_path, text):
+    """Ids beyond int32 (and beyond float64's exact integers) keep their value."""
+    csv_path = write_csv(tmp_path / "p.csv", [f"{text},0,point,1,2,1"])
+    json_path = tmp_path / "p.json"
+    json_path.write_text(f'[{{"object_id": {text}, "frame": 0, "points": [[1, 2]]}}]')
+    for path in (csv_path, json_path):
+        (prompt,) = read_prompts(path)
+        assert prompt.obj_id == int(text)
+
+
+def test_object_ids_beyond_int64_are_refused_when_read(tmp_path):
+    path = write_csv(tmp_path / "p.csv", ["1e30,0,point,1,2,1"])
+    with pytest.raises(PromptsFileError, match=r"p.csv:2: object_id must be at most"):
         read_prompts(path)

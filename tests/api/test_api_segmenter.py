@@ -230,10 +230,10 @@ def test_segment_frame_keeps_old_labels_when_an_object_fails(sam, monkeypatch):
     install_fakes(monkeypatch, propagator=False)
     import api_helpers
 
-    def flaky(self, prompt, flat):
+    def flaky(self, prompt, flat, **kwargs):
         if prompt.obj_id == IDS[2]:
             raise RuntimeError("model failed")
-        return api_helpers.fake_mask_from_interactive(self, prompt, flat)
+        return api_helpers.fake_mask_from_interactive(self, prompt, flat, **kwargs)
 
     monkeypatch.setattr(Segmenter, "_mask_from_interactive", flaky)
     stack, _ = make_stack(3)
@@ -541,3 +541,159 @@ def test_the_propagation_model_can_come_later(sam, sam2):
     assert seg.encoder_calls == calls + 1  # only SAM 2's frame 1; SAM's frame 1 was cached
     seg.set_propagation(None)
     assert set(seg.stores) == {"interactive"} and seg.propagation is None
+
+
+# ---------------------------------------------------------------------- hardening (issue 13)
+class _Memory:
+    def __init__(self, available: int) -> None:
+        self.available = available
+
+
+def test_a_frame_larger_than_memory_is_refused_before_anything_is_allocated(sam, monkeypatch):
+    import psutil
+
+    from napari_focsam.api.io import InputError
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(16 * 2**30))
+    huge = np.broadcast_to(np.uint8(0), (100_000, 100_000))  # a header's claim, no pixels
+    with pytest.raises(InputError, match=r"one 100000 x 100000 frame .* needs 149.0 GiB"):
+        Segmenter(huge, interactive=sam, cache_root=False)
+
+
+def test_labels_are_allocated_when_first_written_and_checked(sam, sam2, monkeypatch):
+    import psutil
+
+    from napari_focsam.api.io import InputError
+
+    stack = np.broadcast_to(np.uint8(7), (100_000, 40, 56))  # labels: 100000 x 40 x 56 int32
+    seg = Segmenter(stack, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: _Memory(100 * 2**20))
+    with pytest.raises(InputError, match=r"the labels of 100000 frame\(s\) of 40 x 56 pixels "
+                                         r"\(int32\) needs 0.8 GiB"):
+        seg.labels  # noqa: B018 - the property allocates
+
+
+def test_embed_does_not_allocate_labels(sam, sam2, monkeypatch):
+    def refuse(self, dtype):
+        raise AssertionError("labels allocated")
+
+    monkeypatch.setattr(Segmenter, "_allocate_labels", refuse)
+    seg = Segmenter(_tiny_stack(), interactive=sam, propagation=sam2, stack_axis=0,
+                    cache_root=False)
+    assert [s.done for s in seg.embed() if s.stage == "embed:propagation"][-1] == 2
+
+
+@pytest.mark.parametrize("big", [2**31, 2**40 + 1, 2**63 - 1])
+def test_object_ids_beyond_int32_are_held(sam, sam2, fakes, big):
+    data, truth = make_stack(4)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    seg.labels[:] = 5  # written before: kept through the widening
+    prompts = [dataclasses.replace(point(1, 0), obj_id=big), point(2, 0)]
+    list(seg.propagate(prompts, "forward"))
+    assert seg.labels.dtype == np.int64
+    np.testing.assert_array_equal(seg.labels == big, truth == 1)
+    out = seg.segment_frame([dataclasses.replace(point(1, 1), obj_id=big)], frame=1)
+    assert out.dtype == np.int64 and (out == big).sum() == (truth[1] == 1).sum()
+
+
+def test_object_ids_beyond_int64_are_refused_before_any_work(sam, sam2, fakes):
+    data, _ = make_stack(3)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    with pytest.raises(PromptPlacementError, match="<= 9223372036854775807"):
+        seg.propagate([dataclasses.replace(point(1, 0), obj_id=2**63)])
+    assert FAKE_INTERACTIVE_CALLS == [] and FakePropagator.instances == []
+
+
+def _fixed_masks(monkeypatch, masks):
+    monkeypatch.setattr(Segmenter, "_mask_from_interactive",
+                        lambda self, prompt, flat, **kwargs: masks[prompt.obj_id])
+
+
+def test_objects_painted_over_are_named_in_warnings(sam, monkeypatch, caplog):
+    h, w = HW
+    disc = np.zeros(HW, bool)
+    disc[5:15, 5:15] = True
+    half = np.zeros(HW, bool)
+    half[10:20, 0:40] = True  # 50 of its 400 pixels lie under the disc's lower half
+    masks = {3: disc.copy(), 9: disc, 2: half, 7: np.zeros(HW, bool)}
+    _fixed_masks(monkeypatch, masks)
+    data, _ = make_stack(2)
+    seg = Segmenter(data, interactive=sam, stack_axis=0, cache_root=False)
+    prompts = [ObjectPrompt(i, 0, np.array([[1.0, 1.0]]), np.array([1])) for i in masks]
+    with caplog.at_level("WARNING", "napari_focsam.api.segmenter"):
+        out = seg.segment_frame(prompts, frame=0)
+    assert sorted(np.unique(out)) == [0, 2, 9]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "object 2: 50 of its 400 pixels (12%) are painted over by objects with higher ids",
+        "object 3: all its 100 pixels are painted over by objects with higher ids; it is not in "
+        "the labels",
+        "object 7: the model found no pixels for it; it is not in the labels",
+    ]
+
+
+def test_segment_reports_each_object_and_writes_whole_frames(sam, fakes):
+    data, truth = make_stack(4)
+    seg = Segmenter(data, interactive=sam, stack_axis=0, cache_root=False)
+    seg.labels[:] = 42
+    steps = list(seg.segment([point(1, 2), point(2, 0), point(2, 2)]))
+    assert [(s.stage, s.done, s.total, s.frame) for s in steps] == [
+        ("segment", 1, 3, 0), ("segment", 2, 3, 2), ("segment", 3, 3, 2)]
+    np.testing.assert_array_equal(seg.labels[2], relabel(truth[2]))
+    np.testing.assert_array_equal(seg.labels[0], relabel(truth[0], objects=(2,)))
+    assert (seg.labels[[1, 3]] == 42).all()
+
+
+def test_propagate_can_report_each_object_entered(sam, sam2, fakes):
+    data, _ = make_stack(4)
+    seg = Segmenter(data, interactive=sam, propagation=sam2, stack_axis=0, cache_root=False)
+    steps = list(seg.propagate([point(1, 2), point(2, 0)], "forward", report_objects=True))
+    assert [(s.stage, s.done, s.total, s.frame) for s in steps[:2]] == [
+        ("prompt", 1, 2, 0), ("prompt", 2, 2, 2)]
+    assert {s.stage for s in steps[2:]} == {"propagate"}
+    plain = list(seg.propagate([point(1, 2), point(2, 0)], "forward"))
+    assert {s.stage for s in plain} == {"propagate"}  # the default, as the widgets expect
+
+
+def _set_on_forward(module, event: threading.Event):
+    """A forward hook setting `event` once `module` ran: the next block of the pass stops."""
+    return module.register_forward_hook(lambda *args: event.set())
+
+
+def test_a_set_cancel_event_stops_propagation_inside_a_frame(sam, sam2, tmp_path):
+    stack, _ = make_stack(3, hw=(24, 32))
+    seg = Segmenter(stack, interactive=sam, propagation=sam2, stack_axis=0, cache_root=tmp_path)
+    list(seg.embed())
+    seg.labels[:] = 42
+    cancel = threading.Event()
+    layers = sam2.net.memory_attention.layers
+    calls = []
+    hook = _set_on_forward(layers[0], cancel)  # frame 1 is the first to attend to memory
+    counter = layers[1].register_forward_hook(lambda *args: calls.append(1))
+    try:
+        steps = list(seg.propagate(_smoke_prompts()[1:], "forward", cancel_event=cancel))
+    finally:
+        hook.remove()
+        counter.remove()
+    assert [s.frame for s in steps] == [0] and cancel.is_set()
+    assert calls == []  # the second memory-attention layer of frame 1 never ran
+    assert set(np.unique(seg.labels[0])) <= {0, 6} and (seg.labels[1:] == 42).all()
+    # the hooks are gone: the same models run to the end without the event
+    assert [s.frame for s in seg.propagate(_smoke_prompts()[1:], "forward")] == [0, 1, 2]
+
+
+def test_a_set_cancel_event_stops_the_interactive_drawing(sam, sam2, tmp_path):
+    seg = Segmenter(_tiny_stack(), interactive=sam, propagation=sam2, stack_axis=0,
+                    cache_root=tmp_path)
+    list(seg.embed())
+    seg.labels[:] = 42
+    cancel = threading.Event()
+    hook = _set_on_forward(sam.net.mask_decoder.transformer.layers[0], cancel)
+    try:
+        assert list(seg.segment(_smoke_prompts(), cancel_event=cancel)) == []
+        cancel.clear()
+        assert list(seg.propagate(_smoke_prompts(), "forward", cancel_event=cancel)) == []
+    finally:
+        hook.remove()
+    assert (seg.labels == 42).all()
+    assert len(list(seg.segment(_smoke_prompts()))) == 2  # no hook left behind

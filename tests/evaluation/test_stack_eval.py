@@ -94,3 +94,24 @@ def test_bad_inputs():
         evaluate_stack(gt.astype(float), gt)
     with pytest.raises(ValueError, match=r"\(T, H, W\)"):
         evaluate_stack(gt[0], gt[0])
+
+
+def test_empty_ground_truth_is_an_error():
+    from napari_focsam.evaluation.dataset_files import DatasetError
+    from napari_focsam.evaluation.stack_prompts import prompts_from_ground_truth
+
+    empty = np.zeros((2, 8, 8), np.int32)
+    with pytest.raises(DatasetError, match="has no objects"):
+        evaluate_stack(_square_stack([0, 0], hw=(8, 8), size=2), empty)
+    with pytest.raises(DatasetError, match="has no objects"):
+        prompts_from_ground_truth(empty)
+
+
+def test_huge_ids_cost_memory_by_object_count_not_by_id():
+    """Ids up to 2**62: arrays are indexed by object rank (a bincount by id would need
+    exabytes)."""
+    gt = _square_stack([0, 0]).astype(np.int64) * 2**62
+    pred = _square_stack([5, 5]).astype(np.int64) * 2**40
+    (obj,) = evaluate_stack(pred, gt).objects
+    assert (obj.gt_id, obj.pred_id) == (2**62, 2**40) and obj.iou == pytest.approx([50 / 150] * 2)
+

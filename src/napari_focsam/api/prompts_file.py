@@ -39,7 +39,10 @@ import numpy as np
 
 from ..errors import MissingFileError, UserError
 
-__all__ = ["ObjectPrompt", "PromptsFileError", "group_prompts", "read_prompts"]
+__all__ = ["MAX_OBJECT_ID", "ObjectPrompt", "PromptsFileError", "group_prompts", "read_prompts"]
+
+#: Largest object id: labels are int32, or int64 when an id needs it.
+MAX_OBJECT_ID = 2**63 - 1
 
 
 class PromptsFileError(UserError, ValueError):
@@ -89,11 +92,32 @@ def _number(value: object, what: str, where: str) -> float:
     return x
 
 
-def _integer(value: object, what: str, where: str, minimum: int) -> int:
-    x = _number(value, what, where)
-    if x != int(x) or x < minimum:
+def _integer(value: object, what: str, where: str, minimum: int,
+             maximum: int | None = None) -> int:
+    """`value` as an exact integer (``"2147483648"`` stays exact; ``"3.0"`` and ``1e3`` are
+    accepted), ``minimum <= value <= maximum``."""
+    x: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        x = value
+    elif isinstance(value, str):
+        try:
+            x = int(value.strip())
+        except ValueError:  # "3.0", "1e3", or not a number: read as a float below
+            x = None
+    if x is None:
+        number = _number(value, what, where)
+        if number != int(number):
+            raise PromptsFileError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
+        x = int(number)
+    if x < minimum:
         raise PromptsFileError(f"{where}: {what} must be an integer >= {minimum}, got {value!r}")
-    return int(x)
+    if maximum is not None and x > maximum:
+        raise PromptsFileError(f"{where}: {what} must be at most {maximum}, got {value!r}")
+    return x
+
+
+def _object_id(value: object, where: str) -> int:
+    return _integer(value, "object_id", where, 1, MAX_OBJECT_ID)
 
 
 def _frame(value: object, where: str) -> int | None:
@@ -167,7 +191,7 @@ def _read_csv(path: Path) -> list[ObjectPrompt]:
             raise PromptsFileError(f"{path}: a napari points file needs at least 2 axis columns")
         for i, row in enumerate(rows, start=2):
             where = f"{path}:{i}"
-            obj = _integer(row.get("object_id") or 1, "object_id", where, 1)
+            obj = _object_id(row.get("object_id") or 1, where)
             frame = _integer(row[axes[-3]], "frame", where, 0) if len(axes) > 2 else None
             outer = _integer(row[axes[-4]], "outer", where, 0) if len(axes) > 3 else None
             label = _label(row.get("label", row.get("positive")), where)
@@ -180,7 +204,7 @@ def _read_csv(path: Path) -> list[ObjectPrompt]:
                                f"{', '.join(columns)} (see napari_focsam.api.prompts_file)")
     for i, row in enumerate(rows, start=2):
         where = f"{path}:{i}"
-        obj = _integer(row["object_id"], "object_id", where, 1)
+        obj = _object_id(row["object_id"], where)
         frame = _frame(row.get("frame"), where)
         outer = _frame(row.get("outer"), where)
         key = (obj, frame, outer)
@@ -203,9 +227,13 @@ def _read_csv(path: Path) -> list[ObjectPrompt]:
 
 
 def _read_json(path: Path) -> list[ObjectPrompt]:
+    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        data = json.loads(text)
+    except RecursionError:
+        raise PromptsFileError(f"{path}: nested too deeply to be a prompts file (expected "
+                               "{'objects': [...]} with lists of points)") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer longer than Python reads
         raise PromptsFileError(f"{path}: not valid JSON ({exc})") from None
     objects = data.get("objects") if isinstance(data, dict) else data
     if not isinstance(objects, list):
@@ -215,7 +243,7 @@ def _read_json(path: Path) -> list[ObjectPrompt]:
         where = f"{path}: objects[{i}]"
         if not isinstance(item, dict) or "object_id" not in item:
             raise PromptsFileError(f"{where}: each object needs an 'object_id'")
-        obj = _integer(item["object_id"], "object_id", where, 1)
+        obj = _object_id(item["object_id"], where)
         frame = _frame(item.get("frame"), where)
         key = (obj, frame, _frame(item.get("outer"), where))
         points, labels, box = item.get("points"), item.get("labels"), item.get("box")

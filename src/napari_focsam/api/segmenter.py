@@ -6,21 +6,25 @@ SAM 2) that draws objects from prompts on a frame through its engine predictor
 carries every object through the stack. Encoder features come from embedding stores (RAM +
 disk cache), so each frame is encoded once per model, ever.
 
-Labels are ``(n_frames, H, W)`` int32 internally (frames flat, outer-major for 4D data) and
-are returned in the data's axis order (the data's axes without the channel axis) by
-`labels_in_data_order`.
+Labels are ``(n_frames, H, W)`` internally (frames flat, outer-major for 4D data; int32, or
+int64 once an object id needs it), allocated when a frame is first written, and are returned
+in the data's axis order (the data's axes without the channel axis) by `labels_in_data_order`.
+A set cancel event stops the models within a block (`napari_focsam.engine.cancel.stop_on`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from ..engine.cancel import Interrupted, stop_on
 from ..engine.precision import autocast_context
 from ..engine.propagation import VideoPropagator
 from ..engine.propagation_state import PropagationOptions
@@ -28,14 +32,20 @@ from ..engine.session import ClickSession
 from ..errors import UserError
 from ..families import ModelChoiceError, Role
 from ..store import EmbeddingStore, StackSource
+from .io import check_fits_in_memory
 from .models import LoadedModel
-from .prompts_file import ObjectPrompt
+from .prompts_file import MAX_OBJECT_ID, ObjectPrompt
 
 __all__ = ["Progress", "PromptPlacementError", "Segmenter"]
 
 logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("both", "forward", "backward")
+#: Bytes per pixel of a frame on its way to an encoder besides its raw values: float32 working
+#: copies of up to three channels and the uint8 RGB frame.
+_FRAME_WORK_BYTES = 4 * 3 + 3
+
+R = TypeVar("R")
 
 
 class PromptPlacementError(UserError, ValueError):
@@ -49,11 +59,12 @@ class Progress:
     Attributes
     ----------
     stage : str
-        ``"embed:<role>"`` or ``"propagate"``.
+        ``"embed:<role>"``, ``"propagate"`` (units: frames), ``"segment"`` or ``"prompt"``
+        (units: objects drawn / entered into the propagation model).
     done, total : int
-        Units (frames) finished and planned.
+        Units finished and planned.
     frame : int or None
-        Flat frame index just finished.
+        Flat frame index just finished (for objects: the frame the object is on).
     """
 
     stage: str
@@ -100,10 +111,14 @@ class Segmenter:
         self._store_kw = {"cache_root": cache_root, "ram_bytes": ram_bytes, "disk_dtype": disk_dtype}
         self.stores: dict[str, EmbeddingStore] = {
             "interactive": EmbeddingStore(self.source, interactive.stack_encoder(), **self._store_kw)}
+        h, w = self.source.frame_shape
+        channels = min(self.source.n_channels, 3)
+        check_fits_in_memory(h * w * (channels * self.source.dtype.itemsize + _FRAME_WORK_BYTES),
+                             f"one {h} x {w} frame ({channels} x {self.source.dtype})")
         if propagation is not None:
             self.set_propagation(propagation)
-        h, w = self.source.frame_shape
-        self.labels = np.zeros((len(self.source), h, w), dtype=np.int32)
+        self._labels: np.ndarray | None = None
+        self._label_dtype = np.dtype(np.int32)
         #: The interactive model's engine predictor (its frame: `_predictor_frame`).
         self.predictor = interactive.interactive_predictor()
         #: Click sessions by object id (with their box), valid for `_predictor_frame` only.
@@ -130,6 +145,43 @@ class Segmenter:
         else:
             self.stores["propagation"] = EmbeddingStore(self.source, propagation.stack_encoder(),
                                                         **self._store_kw)
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def labels(self) -> np.ndarray:
+        """``(n_frames, H, W)`` labels, 0 where nothing was written; allocated on first use.
+
+        Raises
+        ------
+        InputError
+            They do not fit in the available memory.
+        """
+        if self._labels is None:
+            self._labels = self._allocate_labels(self._label_dtype)
+        return self._labels
+
+    @labels.setter
+    def labels(self, value: np.ndarray) -> None:
+        self._labels = value
+
+    def _allocate_labels(self, dtype: np.dtype) -> np.ndarray:
+        h, w = self.source.frame_shape
+        n = len(self.source)
+        check_fits_in_memory(n * h * w * dtype.itemsize,
+                             f"the labels of {n} frame(s) of {h} x {w} pixels ({dtype})")
+        return np.zeros((n, h, w), dtype=dtype)
+
+    def _hold_ids(self, ids: Sequence[int]) -> None:
+        """Widen the labels to int64 when an id of `ids` does not fit int32 (ids are checked
+        by `check_prompt`)."""
+        if not ids or max(ids) <= np.iinfo(self._label_dtype).max:
+            return
+        self._label_dtype = np.dtype(np.int64)
+        if self._labels is not None and self._labels.dtype != self._label_dtype:
+            wider = self._allocate_labels(self._label_dtype)
+            wider[...] = self._labels
+            self._labels = wider
+        logger.info("object ids up to %d: labels are int64", max(ids))
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -158,17 +210,17 @@ class Segmenter:
     def check_prompt(self, prompt: ObjectPrompt) -> None:
         """Raise `PromptPlacementError` unless `prompt` is usable on this data.
 
-        Checks the object id (>= 1), points and labels, finiteness, that points and box lie in
-        the frame and that a mask prompt has the frame's shape and is not empty. Frames are
-        checked by `flat_frame`.
+        Checks the object id (1 .. `MAX_OBJECT_ID`), points and labels, finiteness, that points
+        and box lie in the frame and that a mask prompt has the frame's shape and is not empty.
+        Frames are checked by `flat_frame`.
         """
         # the engine's conventions: a point lies on a pixel (0 <= row < H), a box's corners on
         # pixel edges (0 <= row <= H), so [0, 0, H, W] is the whole image
         h, w = self.source.frame_shape
         if isinstance(prompt.obj_id, bool) or int(prompt.obj_id) != prompt.obj_id \
-                or int(prompt.obj_id) < 1:
-            raise PromptPlacementError(f"object ids are integers >= 1 (0 is the background), "
-                                       f"got {prompt.obj_id!r}")
+                or not 1 <= int(prompt.obj_id) <= MAX_OBJECT_ID:
+            raise PromptPlacementError(f"object ids are integers >= 1 (0 is the background) and "
+                                       f"<= {MAX_OBJECT_ID}, got {prompt.obj_id!r}")
         pts = np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2)
         box = None if prompt.box_rc is None else np.asarray(prompt.box_rc,
                                                               dtype=np.float64).reshape(2, 2)
@@ -222,28 +274,41 @@ class Segmenter:
         return sum(s.encoder_calls for s in {id(s): s for s in self.stores.values()}.values())
 
     # ------------------------------------------------------------------ one frame
-    def _mask_from_interactive(self, prompt: ObjectPrompt, flat: int) -> np.ndarray:
+    def _mask_from_interactive(self, prompt: ObjectPrompt, flat: int, *, keep: bool = True,
+                               cancel_event: threading.Event | None = None) -> np.ndarray:
         """``(H, W)`` bool: the object drawn by the interactive model on frame `flat` (a mask
-        prompt without points or box is the object itself)."""
+        prompt without points or box is the object itself).
+
+        With `keep`, a new click session of the object is kept for the next call (the live
+        preview); without, only an existing one is reused and updated (batch drawing keeps no
+        per-object state). A set `cancel_event` stops the model within a block
+        (`engine.cancel.Interrupted`).
+        """
         if _mask_only(prompt):
             return np.asarray(prompt.mask).astype(bool, copy=True)
-        predictor = self.predictor
-        if self._predictor_frame != flat:
-            predictor.set_frame(self.stores["interactive"].features(flat), self.source.frame_shape)
-            self._predictor_frame = flat
-            self._sessions.clear()  # sessions on another frame are stale
-        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
-        if len(prompt.points_rc) == 0:
-            self._sessions.pop(prompt.obj_id, None)
-            return predictor.predict(box=box, multimask=False).masks[0]
-        box_key = None if box is None else tuple(box.tolist())
-        cached = self._sessions.get(prompt.obj_id)
-        if cached is None or cached[0] != box_key:
-            cached = self._sessions[prompt.obj_id] = (box_key, predictor.start_session(box=box))
-        session = cached[1]
-        session.set_clicks(np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2),
-                           np.asarray(prompt.labels).reshape(-1))
-        return session.mask
+        with stop_on(cancel_event, self.interactive.net):
+            predictor = self.predictor
+            if self._predictor_frame != flat:
+                predictor.set_frame(self.stores["interactive"].features(flat),
+                                    self.source.frame_shape)
+                self._predictor_frame = flat
+                self._sessions.clear()  # sessions on another frame are stale
+            box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
+            if len(prompt.points_rc) == 0:
+                self._sessions.pop(prompt.obj_id, None)
+                return predictor.predict(box=box, multimask=False).masks[0]
+            box_key = None if box is None else tuple(box.tolist())
+            cached = self._sessions.get(prompt.obj_id)
+            if cached is None or cached[0] != box_key:
+                cached = (box_key, predictor.start_session(box=box))
+                if keep:
+                    self._sessions[prompt.obj_id] = cached
+                else:
+                    self._sessions.pop(prompt.obj_id, None)
+            session = cached[1]
+            session.set_clicks(np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2),
+                               np.asarray(prompt.labels).reshape(-1))
+            return session.mask
 
     def draw_object(self, prompt: ObjectPrompt) -> np.ndarray:
         """One object's mask on its frame, from its prompts (the live preview of a widget).
@@ -265,38 +330,102 @@ class Segmenter:
                       outer: int | None = None) -> np.ndarray:
         """Draw the objects of `prompts` on one frame with the interactive model.
 
-        Later object ids are painted over earlier ones; the frame's labels in `labels` are
-        replaced only when every object succeeded.
+        Later object ids are painted over earlier ones (a warning names each object painted
+        over, wholly or in part); the frame's labels in `labels` are replaced only when every
+        object succeeded.
 
         Returns
         -------
         np.ndarray
-            ``(H, W)`` int32 labels of that frame.
+            ``(H, W)`` labels of that frame, in `labels`' dtype.
         """
         flat = self.flat_frame(frame, outer)
         if not prompts:
             raise PromptPlacementError("no prompts: add points or a box for at least one object")
         for p in prompts:
             self.check_prompt(p)
-        out = np.zeros(self.source.frame_shape, dtype=np.int32)
-        for p in sorted(prompts, key=lambda p: p.obj_id):
-            out[self._mask_from_interactive(p, flat)] = p.obj_id
+        self._hold_ids([p.obj_id for p in prompts])
+        ordered = sorted(prompts, key=lambda p: p.obj_id)
+        painter = _FramePainter(self.source.frame_shape, [p.obj_id for p in ordered])
+        for k, p in enumerate(ordered):
+            painter.paint(k, self._mask_from_interactive(p, flat, keep=False))
+        out = painter.labels(self._label_dtype)
         self.labels[flat] = out
+        paint_log = _PaintLog()
+        paint_log.add(flat, painter)
+        paint_log.warn()
         return out
+
+    def segment(self, prompts: list[ObjectPrompt], *,
+                cancel_event: threading.Event | None = None) -> Iterator[Progress]:
+        """Draw every prompted object on its frame with the interactive model (as
+        `segment_frame` frame by frame), yielding a `Progress` per object drawn.
+
+        A frame's labels are written once all its objects are drawn; stopping the generator
+        or setting `cancel_event` keeps the frames written so far. The arguments are checked
+        at once, before any iteration; the work happens as the iterator is consumed.
+
+        Raises
+        ------
+        PromptPlacementError
+            No prompts, or a prompt outside the image / on a frame that does not exist.
+        """
+        if not prompts:
+            raise PromptPlacementError("no prompts: add points or a box for at least one object")
+        by_frame: dict[int, list[ObjectPrompt]] = defaultdict(list)
+        for p in prompts:
+            self.check_prompt(p)
+            by_frame[self.flat_frame(p.frame, p.outer)].append(p)
+        self._hold_ids([p.obj_id for p in prompts])
+        return self._segment(sorted(by_frame.items()), len(prompts), cancel_event)
+
+    def _segment(self, frames: list[tuple[int, list[ObjectPrompt]]], total: int,
+                 cancel_event: threading.Event | None) -> Iterator[Progress]:
+        done = 0
+        paint_log = _PaintLog()
+        try:
+            for flat, group in frames:
+                ordered = sorted(group, key=lambda p: p.obj_id)
+                painter = _FramePainter(self.source.frame_shape, [p.obj_id for p in ordered])
+                for k, p in enumerate(ordered):
+                    if cancel_event is not None and cancel_event.is_set():
+                        logger.info("segmentation cancelled after %d objects", done)
+                        return
+                    painter.paint(k, self._mask_from_interactive(p, flat, keep=False,
+                                                                 cancel_event=cancel_event))
+                    done += 1
+                    yield Progress("segment", done, total, flat)
+                self.labels[flat] = painter.labels(self._label_dtype)
+                paint_log.add(flat, painter)
+        except Interrupted:
+            logger.info("segmentation cancelled after %d objects", done)
+        finally:
+            paint_log.warn()
 
     # ------------------------------------------------------------------ propagation
     def propagate(self, prompts: list[ObjectPrompt], direction: str = "both", *,
-                  cancel_event: threading.Event | None = None) -> Iterator[Progress]:
+                  cancel_event: threading.Event | None = None,
+                  report_objects: bool = False) -> Iterator[Progress]:
         """Carry every prompted object through its stack, writing `labels` frame by frame.
 
         Prompts enter SAM 2 directly when SAM 2 is also the interactive model (clicks one at a
         time, as in `draw_object`); otherwise each object is drawn by the interactive model on
         its prompted frame(s) and enters SAM 2 as a mask prompt. Frames are written to `labels`
-        as they are done; stopping the generator or setting `cancel_event` keeps them (labels
-        of frames not reached are unchanged).
+        as they are done; stopping the generator or setting `cancel_event` (which stops the
+        models within a block) keeps them (labels of frames not reached are unchanged).
+        Objects painted over by later ids, wholly or in part, are named in a warning at the end.
 
         The arguments are checked at once (the errors below are raised by this call, before
         any iteration); the work happens as the returned iterator is consumed.
+
+        Parameters
+        ----------
+        prompts : list of ObjectPrompt
+        direction : {"both", "forward", "backward"}
+        cancel_event : threading.Event, optional
+        report_objects : bool
+            Also yield a ``"prompt"`` `Progress` after each object's prompts entered the
+            propagation model (before the frames' ``"propagate"`` ones).
 
         Yields
         ------
@@ -323,62 +452,88 @@ class Segmenter:
             self.check_prompt(p)
             self.flat_frame(p.frame, p.outer)
             by_outer.setdefault(int(p.outer or 0), []).append(p)
-        return self._propagate(sorted(by_outer.items()), direction, cancel_event)
+        self._hold_ids([p.obj_id for p in prompts])
+        return self._propagate(sorted(by_outer.items()), direction, cancel_event,
+                               len(prompts) if report_objects else 0)
 
     def _propagate(self, groups: list[tuple[int, list[ObjectPrompt]]], direction: str,
-                   cancel_event: threading.Event | None) -> Iterator[Progress]:
+                   cancel_event: threading.Event | None,
+                   n_prompts: int) -> Iterator[Progress]:
         loaded = self.propagation
         assert loaded is not None
 
-        def step(fn, *args):
-            # grad / autocast state is thread-global: hold it only while the model runs, never
-            # across a `yield` (the caller's code would run without grad, under autocast)
-            with torch.no_grad(), autocast_context(loaded.device, loaded.dtype):
+        def step(fn: Callable[..., R], *args: Any) -> R:
+            # grad / autocast state is thread-global and the cancel hooks stop this thread's
+            # passes: hold them only while the model runs, never across a `yield` (the caller's
+            # code would run without grad, under autocast, or be stopped)
+            with torch.no_grad(), autocast_context(loaded.device, loaded.dtype), \
+                    stop_on(cancel_event, loaded.net):
                 return fn(*args)
 
         n_stack = self.source.n_stack
         total = n_stack * len(groups)
         done = 0
+        prompted = 0
+        paint_log = _PaintLog()
         direct = self.interactive is self.propagation
-        for index, (outer, group) in enumerate(groups):
-            view = self.stores["propagation"].view(outer)
-            prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
-            ordered = sorted(group, key=lambda p: (p.frame, p.obj_id))
-            for p in ordered:
-                if direct and not _mask_only(p):
-                    pts = np.asarray(p.points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1]
-                    box = None if p.box_rc is None else np.asarray(p.box_rc, np.float32)[[1, 0, 3, 2]]
-                    step(prop.add_clicks, int(p.frame), p.obj_id, pts if len(pts) else None,
-                         p.labels if len(pts) else None, box)
-                else:
-                    mask = self._mask_from_interactive(p, self.flat_frame(p.frame, outer))
-                    step(prop.add_mask, int(p.frame), p.obj_id, mask)
-            if direction == "both":
-                results = prop.propagate_both()
-            else:
-                frames = [int(p.frame) for p in group]
-                results = prop.propagate(reverse=direction == "backward",
-                                         start=max(frames) if direction == "backward" else min(frames))
-            seen: set[int] = set()
-            try:
-                while True:
-                    result = step(next, results, None)
-                    if result is None:
-                        break
+        try:
+            for index, (outer, group) in enumerate(groups):
+                view = self.stores["propagation"].view(outer)
+                prop = VideoPropagator(loaded.net, view, self.source.frame_shape, self.options)
+                ordered = sorted(group, key=lambda p: (p.frame, p.obj_id))
+                for p in ordered:
                     if cancel_event is not None and cancel_event.is_set():
-                        logger.info("propagation cancelled after %d frames", done)
+                        logger.info("propagation cancelled while the prompts were entered")
                         return
-                    flat = view.frame_index(result.frame)
-                    self.labels[flat] = _compose(result.masks(), result.obj_ids)
-                    if result.frame not in seen:
-                        seen.add(result.frame)
-                        done += 1
-                    yield Progress("propagate", done, total, flat)
-            finally:
-                close = getattr(results, "close", None)
-                if close is not None:
-                    close()
-            done = (index + 1) * n_stack
+                    flat = self.flat_frame(p.frame, outer)
+                    if direct and not _mask_only(p):
+                        pts = np.asarray(p.points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1]
+                        box = None if p.box_rc is None else \
+                            np.asarray(p.box_rc, np.float32)[[1, 0, 3, 2]]
+                        step(prop.add_clicks, int(p.frame), p.obj_id, pts if len(pts) else None,
+                             p.labels if len(pts) else None, box)
+                    else:
+                        mask = self._mask_from_interactive(p, flat, keep=False,
+                                                           cancel_event=cancel_event)
+                        step(prop.add_mask, int(p.frame), p.obj_id, mask)
+                    prompted += 1
+                    if n_prompts:
+                        yield Progress("prompt", prompted, n_prompts, flat)
+                if direction == "both":
+                    results = prop.propagate_both()
+                else:
+                    frames = [int(p.frame) for p in group]
+                    results = prop.propagate(reverse=direction == "backward",
+                                             start=max(frames) if direction == "backward"
+                                             else min(frames))
+                seen: set[int] = set()
+                try:
+                    while True:
+                        result = step(next, results, None)
+                        if result is None:
+                            break
+                        if cancel_event is not None and cancel_event.is_set():
+                            logger.info("propagation cancelled after %d frames", done)
+                            return
+                        flat = view.frame_index(result.frame)
+                        painter = _FramePainter(self.source.frame_shape, result.obj_ids)
+                        for k, mask in enumerate(result.masks()):
+                            painter.paint(k, mask.reshape(self.source.frame_shape))
+                        self.labels[flat] = painter.labels(self._label_dtype)
+                        paint_log.add(flat, painter)
+                        if result.frame not in seen:
+                            seen.add(result.frame)
+                            done += 1
+                        yield Progress("propagate", done, total, flat)
+                finally:
+                    close = getattr(results, "close", None)
+                    if close is not None:
+                        close()
+                done = (index + 1) * n_stack
+        except Interrupted:
+            logger.info("propagation cancelled after %d frames", done)
+        finally:
+            paint_log.warn()
 
     def labels_in_data_order(self, labels: np.ndarray | None = None) -> np.ndarray:
         """`labels` (default: this segmenter's) laid out like the data without its channel axis.
@@ -410,9 +565,72 @@ def _mask_only(prompt: ObjectPrompt) -> bool:
     return prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None
 
 
-def _compose(masks: np.ndarray, obj_ids: tuple[int, ...]) -> np.ndarray:
-    """``(B, H, W)`` bool masks -> ``(H, W)`` int32, later ids painted over earlier ones."""
-    out = np.zeros(masks.shape[-2:], dtype=np.int32)
-    for mask, obj in sorted(zip(masks, obj_ids, strict=True), key=lambda t: t[1]):
-        out[mask.reshape(out.shape)] = obj
-    return out
+class _FramePainter:
+    """Paints objects' masks on one frame, later ids over earlier ones, and counts each
+    object's drawn and visible pixels (one ``(H, W)`` index map, whatever the object count).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(H, W)``.
+    ids : sequence of int
+        The objects' ids, in any order (painted in id order whatever the order of `paint`).
+    """
+
+    def __init__(self, shape: tuple[int, int], ids: Sequence[int]) -> None:
+        self.ids = [int(i) for i in ids]
+        # rank of each object in id order: a higher rank paints over a lower one
+        self._rank = np.empty(len(self.ids), dtype=np.int64)
+        self._rank[np.argsort(self.ids, kind="stable")] = np.arange(1, len(self.ids) + 1)
+        self._index = np.zeros(shape, dtype=np.int32 if len(self.ids) < 2**31 else np.int64)
+        self.drawn = np.zeros(len(self.ids), dtype=np.int64)
+
+    def paint(self, k: int, mask: np.ndarray) -> None:
+        """Paint object ``ids[k]``'s ``(H, W)`` bool mask."""
+        mask = np.asarray(mask, dtype=bool)
+        rank = self._rank[k]
+        self._index[mask & (self._index < rank)] = rank
+        self.drawn[k] = np.count_nonzero(mask)
+
+    def shown(self) -> np.ndarray:
+        """Pixels each object keeps in the labels, in `ids` order."""
+        counts = np.bincount(self._index.ravel(), minlength=len(self.ids) + 1)
+        return counts[self._rank]
+
+    def labels(self, dtype: np.dtype) -> np.ndarray:
+        """``(H, W)`` labels in `dtype`."""
+        table = np.zeros(len(self.ids) + 1, dtype=dtype)
+        table[self._rank] = self.ids
+        return table[self._index]
+
+
+class _PaintLog:
+    """Drawn and visible pixels of every object over the frames of one run; `warn` names the
+    objects that vanished or were partly painted over."""
+
+    def __init__(self) -> None:
+        self._frames: dict[int, tuple[list[int], np.ndarray, np.ndarray]] = {}
+
+    def add(self, flat: int, painter: _FramePainter) -> None:
+        """Record frame `flat` (a frame written again replaces its earlier record)."""
+        self._frames[flat] = (painter.ids, painter.drawn, painter.shown())
+
+    def warn(self) -> None:
+        """Log a warning per object with no pixel in the labels, or painted over in part."""
+        drawn: dict[int, int] = defaultdict(int)
+        shown: dict[int, int] = defaultdict(int)
+        for ids, d, s in self._frames.values():
+            for obj, a, b in zip(ids, d.tolist(), s.tolist(), strict=True):
+                drawn[obj] += a
+                shown[obj] += b
+        for obj in sorted(drawn):
+            a, b = drawn[obj], shown[obj]
+            if a == 0:
+                logger.warning("object %d: the model found no pixels for it; it is not in the "
+                               "labels", obj)
+            elif b == 0:
+                logger.warning("object %d: all its %d pixels are painted over by objects with "
+                               "higher ids; it is not in the labels", obj, a)
+            elif b < a:
+                logger.warning("object %d: %d of its %d pixels (%.0f%%) are painted over by "
+                               "objects with higher ids", obj, a - b, a, 100 * (a - b) / a)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["axis_options", "cache_options", "device_options", "json_option", "model_options",
-           "prompts_options", "quiet_option", "set_command", "show_progress", "threads_option"]
+           "prompts_options", "quiet_option", "set_command", "show_progress", "stack_kind_option",
+           "threads_option"]
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -112,10 +113,21 @@ def axis_options() -> argparse.ArgumentParser:
     p.add_argument("--axis", type=_axis, default="auto",
                    help="stack (z or t) axis of the data; 'none' for a 2D image (default: 0 "
                         "for 3D data without --channel-axis, else none; (H, W, 3 or 4) data is "
-                        "an RGB(A) image)")
+                        "an RGB(A) image; 4D and 5D data need the axes named)")
     p.add_argument("--channel-axis", type=_axis, default=None, help="channel axis, if any")
     p.add_argument("--outer-axis", type=_axis, default=None,
                    help="4D data: the other non-spatial axis (e.g. t when --axis is z)")
+    return p
+
+
+def stack_kind_option() -> argparse.ArgumentParser:
+    """``--stack-kind z | t``: what the stack axis is when the input file does not say."""
+    p = _parent()
+    p.add_argument("--stack-kind", choices=("z", "t"), default="z", type=str.lower,
+                   help="what the stack axis is when the input file does not say (ImageJ or "
+                        "OME axes): z, slices of a volume (default), or t, frames of a "
+                        "time-lapse; names the axes of the labels TIFF (ZYX or TYX; with "
+                        "--outer-axis the outer axis is the other one, TZYX)")
     return p
 
 
@@ -132,15 +144,17 @@ def cache_options() -> argparse.ArgumentParser:
 
 
 def prompts_options() -> argparse.ArgumentParser:
-    """``--prompts`` (CSV / JSON) in, ``--output`` labels TIFF out."""
-    p = _parent()
+    """``--prompts`` (CSV / JSON) in, ``--output`` labels TIFF out, ``--stack-kind``."""
+    p = argparse.ArgumentParser(add_help=False, parents=[stack_kind_option()])
     p.add_argument("--prompts", type=Path, required=True, help="CSV or JSON prompts file")
-    p.add_argument("--output", "-o", type=Path, required=True, help="labels TIFF to write")
+    p.add_argument("--output", "-o", type=Path, required=True,
+                   help="labels TIFF to write (.tif or .tiff; an ImageJ hyperstack with the "
+                        "input's calibration; never one of the input files)")
     return p
 
 
-def show_progress(progress: Generator[P, Any, R], *, quiet: bool, unit: str,
-                  label: Callable[[P], str],
+def show_progress(progress: Generator[P, Any, R], *, quiet: bool,
+                  unit: str | Callable[[P], str], label: Callable[[P], str],
                   postfix: Callable[[P], str] | None = None) -> R:
     """Run a progress generator to its end with a bar per `label` on stderr.
 
@@ -151,8 +165,8 @@ def show_progress(progress: Generator[P, Any, R], *, quiet: bool, unit: str,
         so an interruption stops it where it is.
     quiet : bool
         No bars (they are also off when stderr is not a terminal).
-    unit : str
-        What ``done`` counts (``"frame"``, ``"sample"``).
+    unit : str or callable
+        What ``done`` counts (``"frame"``, ``"sample"``), or a step's unit.
     label, postfix : callable
         A step's bar name (one bar per name) and the text after its bar.
 
@@ -172,8 +186,8 @@ def show_progress(progress: Generator[P, Any, R], *, quiet: bool, unit: str,
             name = label(step)
             bar = bars.get(name)
             if bar is None:
-                bar = bars[name] = tqdm(desc=name, unit=unit, file=sys.stderr,
-                                        disable=quiet or None)
+                bar = bars[name] = tqdm(desc=name, unit=unit(step) if callable(unit) else unit,
+                                        file=sys.stderr, disable=quiet or None)
             bar.total, bar.n = step.total, step.done
             if postfix is not None:
                 bar.set_postfix_str(postfix(step), refresh=False)

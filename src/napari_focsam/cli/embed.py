@@ -34,8 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Fill the embedding cache of ``args.input`` and report how many frames were encoded."""
-    seg = build_segmenter(args, with_propagation=True)
+    """Fill the embedding cache of ``args.input`` and report how many frames were encoded.
+
+    With ``--only``, the other model is not loaded (nor downloaded)."""
+    seg = build_segmenter(args, with_propagation=args.only != "interactive",
+                          with_interactive=args.only != "propagation")
     if args.only is None:
         stores = list({id(s): s for s in seg.stores.values()}.values())
         show_progress(seg.embed(), quiet=args.quiet, unit="frame", label=lambda p: p.stage)

@@ -16,7 +16,7 @@ from .common import (
     set_command,
     show_progress,
 )
-from .segmenter import build_segmenter, write_labels
+from .segmenter import build_segmenter, check_output, write_labels
 
 __all__ = ["add_parser", "run"]
 
@@ -33,13 +33,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw the prompted objects, carry them through the stack; write the labels."""
+    """Draw the prompted objects, carry them through the stack (bars count the objects
+    entered, then the frames); write the labels."""
     from ..api.prompts_file import read_prompts
 
+    check_output(args)
     prompts = read_prompts(args.prompts)
     seg = build_segmenter(args, with_propagation=True)
     if seg.propagation is None:
         raise UserError("propagate needs a stack: give --axis (the data looks 2D)")
-    show_progress(seg.propagate(prompts, args.direction), quiet=args.quiet, unit="frame",
+    show_progress(seg.propagate(prompts, args.direction, report_objects=True), quiet=args.quiet,
+                  unit=lambda p: "object" if p.stage == "prompt" else "frame",
                   label=lambda p: p.stage)
-    return write_labels(seg, prompts, args)
+    return write_labels(seg, args)

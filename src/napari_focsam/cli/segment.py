@@ -13,8 +13,9 @@ from .common import (
     prompts_options,
     quiet_option,
     set_command,
+    show_progress,
 )
-from .segmenter import build_segmenter, write_labels
+from .segmenter import build_segmenter, check_output, write_labels
 
 __all__ = ["add_parser", "run"]
 
@@ -30,13 +31,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Draw every prompted object on its frame with the interactive model; write the labels."""
+    """Draw every prompted object on its frame with the interactive model (a bar counts the
+    objects); write the labels."""
     from ..api.prompts_file import read_prompts
 
+    check_output(args)
     prompts = read_prompts(args.prompts)
     seg = build_segmenter(args, with_propagation=False)
-    frames = sorted({(p.outer, p.frame) for p in prompts}, key=lambda k: (k[0] or 0, k[1] or 0))
-    for outer, frame in frames:
-        seg.segment_frame([p for p in prompts if (p.outer, p.frame) == (outer, frame)], frame,
-                          outer)
-    return write_labels(seg, prompts, args)
+    show_progress(seg.segment(prompts), quiet=args.quiet, unit="object", label=lambda p: p.stage)
+    return write_labels(seg, args)

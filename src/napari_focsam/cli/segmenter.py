@@ -8,72 +8,136 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UserError
+
 if TYPE_CHECKING:
+    from ..api.io import ImageInfo
     from ..api.models import LoadedModel
-    from ..api.prompts_file import ObjectPrompt
     from ..api.segmenter import Segmenter
 
-__all__ = ["build_segmenter", "load_models", "write_labels"]
+__all__ = ["build_segmenter", "check_output", "load_models", "write_labels"]
 
 
-def load_models(args: argparse.Namespace,
-                with_propagation: bool) -> tuple[LoadedModel, LoadedModel | None]:
-    """The interactive model and (with `with_propagation`) the propagation model of
-    `common.model_options`; one model when both options name the same checkpoint."""
+def load_models(args: argparse.Namespace, with_propagation: bool, *,
+                with_interactive: bool = True) -> tuple[LoadedModel | None, LoadedModel | None]:
+    """The interactive model (with `with_interactive`) and the propagation model (with
+    `with_propagation`) of `common.model_options`; one model when both options name the same
+    checkpoint. A model not asked for is not loaded (nor downloaded)."""
     from ..api.models import load_model
 
     common = {"device": args.device, "dtype": args.dtype, "offline": args.offline or None}
-    interactive = load_model(args.model, weights=args.weights, role="interactive", **common)
+    interactive = load_model(args.model, weights=args.weights, role="interactive",
+                             **common) if with_interactive else None
     if not with_propagation:
         return interactive, None
-    if args.propagation_model == args.model and args.propagation_weights in (None, args.weights):
+    if interactive is not None and args.propagation_model == args.model \
+            and args.propagation_weights in (None, args.weights):
         return interactive, interactive
     return interactive, load_model(args.propagation_model, weights=args.propagation_weights,
                                    role="propagation", **common)
 
 
-def _stack_axes(args: argparse.Namespace, data: Any) -> tuple[int | None, int | None, int | None]:
+def _axes_help(shape: tuple[int, ...], axes: str | None) -> str:
+    """The flags naming the axes of data of `shape`, from the file's own `axes` when known."""
+    if axes is not None and len(axes) == len(shape) and "Y" in axes and "X" in axes:
+        flags = []
+        if "Z" in axes or "T" in axes:
+            stack = axes.index("Z") if "Z" in axes else axes.index("T")
+            flags.append(f"--axis {stack}")
+            if "Z" in axes and "T" in axes:
+                flags.append(f"--outer-axis {axes.index('T')}")
+        for letter in "CS":
+            if letter in axes:
+                flags.append(f"--channel-axis {axes.index(letter)}")
+        return f"the file says its axes are {axes}: give {' '.join(flags)}"
+    if len(shape) == 4:
+        return ("e.g. --axis 1 --outer-axis 0 for (t, z, y, x) data, --axis 0 --channel-axis 1 "
+                "for (z, c, y, x)")
+    return "e.g. --axis 1 --outer-axis 0 --channel-axis 2 for (t, z, c, y, x) data"
+
+
+def _stack_axes(args: argparse.Namespace, data: Any,
+                info: ImageInfo) -> tuple[int | None, int | None, int | None]:
     """``(stack, channel, outer)`` axes of `data` from ``--axis`` (maybe ``"auto"``),
-    ``--channel-axis`` and ``--outer-axis``."""
+    ``--channel-axis`` and ``--outer-axis``.
+
+    Raises
+    ------
+    UserError
+        The data has more dimensions than the axes given account for (4D / 5D data with
+        ``--axis auto``): the message names the flags to give.
+    """
     axis, channel_axis = args.axis, args.channel_axis
+    shape = tuple(int(s) for s in data.shape)
     if axis == "auto":
-        if data.ndim == 3 and channel_axis is None and data.shape[-1] in (3, 4):
+        if len(shape) == 3 and channel_axis is None and shape[-1] in (3, 4):
             # (H, W, 3 | 4): an RGB(A) image (PNG, JPEG, RGB TIFF), not a stack of
             # 3-pixel-wide frames
             return None, 2, args.outer_axis
-        axis = 0 if (data.ndim == 3 and channel_axis is None) or data.ndim == 4 else None
+        axis = 0 if (len(shape) == 3 and channel_axis is None) or len(shape) == 4 else None
+    named = [a for a in (axis, channel_axis, args.outer_axis) if a is not None]
+    if len(shape) > 3 and len(shape) != 2 + len(named):
+        given = [f"{flag} {value}" for flag, value in (("--axis", args.axis),
+                                                       ("--channel-axis", channel_axis),
+                                                       ("--outer-axis", args.outer_axis))
+                 if value not in (None, "auto")]
+        raise UserError(
+            f"{args.input} has {len(shape)} dimensions {shape}; besides y and x, each needs a "
+            f"role: --axis (the z or t axis the frames run along), --outer-axis (the other of "
+            f"z / t) and --channel-axis (channels){'; given: ' + ' '.join(given) if given else ''}"
+            f". {_axes_help(shape, info.axes)}")
     return axis, channel_axis, args.outer_axis
 
 
-def build_segmenter(args: argparse.Namespace, with_propagation: bool) -> Segmenter:
+def build_segmenter(args: argparse.Namespace, with_propagation: bool, *,
+                    with_interactive: bool = True) -> Segmenter:
     """The `Segmenter` of ``args.input`` with the options of `common.model_options`,
     `common.axis_options`, `common.device_options` and `common.cache_options`.
 
     The propagation model is loaded only for stacks (``segmenter.propagation`` is None for a
-    2D image).
+    2D image). Without `with_interactive` the interactive model is not loaded: the
+    propagation model serves both roles (for caching its embeddings only).
     """
-    from ..api.io import open_image
+    from ..api.io import open_image, read_image_info
     from ..api.segmenter import Segmenter
 
     data = open_image(args.input)
-    axis, channel_axis, outer_axis = _stack_axes(args, data)
-    interactive, propagation = load_models(args, with_propagation and axis is not None)
-    return Segmenter(data, interactive=interactive, propagation=propagation, stack_axis=axis,
+    axis, channel_axis, outer_axis = _stack_axes(args, data, read_image_info(args.input))
+    with_propagation = with_propagation and axis is not None
+    interactive, propagation = load_models(args, with_propagation or not with_interactive,
+                                           with_interactive=with_interactive)
+    if interactive is None:
+        interactive = propagation
+    assert interactive is not None
+    return Segmenter(data, interactive=interactive,
+                     propagation=propagation if with_propagation else None, stack_axis=axis,
                      channel_axis=channel_axis, outer_axis=outer_axis,
                      cache_root=False if args.no_cache else args.cache_dir,
                      disk_dtype=args.cache_dtype)
 
 
-def write_labels(seg: Segmenter, prompts: Sequence[ObjectPrompt], args: argparse.Namespace) -> int:
-    """Write the segmenter's labels (in the input's axis order) to ``args.output``, say so on
-    stdout, and return 0."""
-    from ..api.io import write_labels_tiff
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse ``--output`` before any work: not a TIFF name, one of the inputs (image, prompts),
+    a folder, or not writable (`napari_focsam.api.io.check_output_path`)."""
+    from ..api.io import check_output_path
 
+    check_output_path(args.output, [args.input, args.prompts], option="--output")
+
+
+def write_labels(seg: Segmenter, args: argparse.Namespace) -> int:
+    """Write the segmenter's labels to ``args.output`` (an ImageJ hyperstack with the input's
+    axes and calibration), say which objects it holds on stdout, and return 0."""
+    from ..api.io import labels_axes, present_ids, read_image_info, write_labels_tiff
+
+    info = read_image_info(args.input)
+    src = seg.source
+    axes = labels_axes(len(src.shape), stack_axis=src.stack_axis, outer_axis=src.outer_axis,
+                       channel_axis=src.channel_axis, file_axes=info.axes,
+                       stack_kind=args.stack_kind)
     labels = seg.labels_in_data_order()
-    write_labels_tiff(args.output, labels)
-    ids = sorted({int(p.obj_id) for p in prompts})
-    sys.stdout.write(f"labels {labels.shape} with objects {ids} written to {args.output}\n")
+    write_labels_tiff(args.output, labels, axes=axes, info=info)
+    sys.stdout.write(f"labels {labels.shape} ({axes}) with objects {present_ids(labels)} "
+                     f"written to {args.output}\n")
     return 0

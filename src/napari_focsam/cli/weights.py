@@ -18,9 +18,11 @@ does, when it runs).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from ..weights import (
     cached_path,
     expected_sha256,
@@ -100,9 +102,28 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_cache_folder(folder: Path) -> None:
+    """UserError unless checkpoints can be written in `folder` (it, or the first of its parents
+    that exists, is a writable folder)."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    fix = "give --cache-dir a writable folder (or set $NAPARI_FOCSAM_WEIGHTS_DIR)"
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == folder else f"is inside {existing}, a file"
+        raise UserError(f"the weights cache {folder} {where}, not a folder; {fix}")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"no permission to write in the weights cache {existing}; {fix}")
+
+
 def _download(args: argparse.Namespace) -> int:
-    path = fetch_weights(args.model, cache_dir=args.cache_dir, url=args.url,
-                         progress=not args.no_progress)
+    folder = cached_path(args.model, args.cache_dir).parent
+    _check_cache_folder(folder)
+    try:
+        path = fetch_weights(args.model, cache_dir=args.cache_dir, url=args.url,
+                             progress=not args.no_progress)
+    except OSError as exc:  # creating the folder or the part file (read-only, full, ...)
+        raise UserError(f"cannot write in the weights cache {folder}: "
+                        f"{exc.strerror or exc}; give --cache-dir a writable folder (or set "
+                        "$NAPARI_FOCSAM_WEIGHTS_DIR)") from exc
     sys.stdout.write(f"{path}\n")
     return 0
 

@@ -11,7 +11,9 @@ stack (Hungarian assignment; pairs with no overlap stay unmatched). For each mat
   centroid error in pixels on frames where both exist.
 
 Unmatched ground-truth objects count as J = 0 in the overall mean (a missed object), unmatched
-predictions are listed as false positives.
+predictions are listed as false positives. A ground truth without objects is an error (there
+is nothing to score). The cost is linear in the voxels and in the objects (per-frame counts
+by object index, not one pass over the stack per object).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..api.io import OutputError, write_problem
 from .dataset_files import DatasetError
 
-__all__ = ["ObjectScore", "StackScore", "evaluate_stack", "write_stack_report"]
+__all__ = ["ObjectScore", "StackScore", "check_ground_truth", "evaluate_stack", "object_ranks",
+           "write_stack_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,13 @@ class StackScore:
     false_positive_ids: list[int]
 
 
+def check_ground_truth(gt: np.ndarray, name: str = "the ground truth") -> None:
+    """Raise `DatasetError` unless `gt` holds at least one object (a label > 0)."""
+    gt = np.asarray(gt)
+    if gt.size == 0 or not gt.any():
+        raise DatasetError(f"{name} has no objects (every label is 0): there is nothing to score")
+
+
 def _check(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
@@ -95,28 +106,26 @@ def _check(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             raise DatasetError(f"{name} labels must be integers, got {a.dtype}")
         if a.size and a.min() < 0:
             raise DatasetError(f"{name} labels must be >= 0")
+    check_ground_truth(gt)
     return pred, gt
 
 
-def _overlaps(pred: np.ndarray, gt: np.ndarray):
-    """Intersection and sizes of every (pred id, gt id) pair over the stack."""
-    p_ids = np.unique(pred[pred > 0])
-    g_ids = np.unique(gt[gt > 0])
-    both = (pred > 0) & (gt > 0)
-    pairs, counts = np.unique(np.stack([pred[both], gt[both]]), axis=1, return_counts=True) \
-        if both.any() else (np.zeros((2, 0), int), np.zeros(0, int))
-    inter = np.zeros((len(p_ids), len(g_ids)))
-    p_index = {int(i): k for k, i in enumerate(p_ids)}
-    g_index = {int(i): k for k, i in enumerate(g_ids)}
-    for (p, g), c in zip(pairs.T, counts, strict=True):
-        inter[p_index[int(p)], g_index[int(g)]] = c
-    p_size = np.bincount(pred.ravel())[p_ids].astype(float)  # one pass, not one per id
-    g_size = np.bincount(gt.ravel())[g_ids].astype(float)
-    return p_ids, g_ids, inter, p_size, g_size
+def object_ranks(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positive ids of `labels`, sorted, and each voxel's 1-based rank among them (0 for
+    the background): ids of any size index arrays of the object count, not of the largest id."""
+    ids = np.unique(labels[labels > 0])
+    rank = np.searchsorted(ids, labels).astype(np.intp) + 1
+    rank[labels <= 0] = 0
+    return ids, rank
 
 
-def _centroid(mask: np.ndarray) -> np.ndarray:
-    return np.argwhere(mask).mean(axis=0)
+def _per_frame(frames: np.ndarray, rank: np.ndarray, n: int,
+               weights: np.ndarray | None = None) -> np.ndarray:
+    """``(T, n + 1)`` sums (counts without `weights`) of each rank on each frame."""
+    t = len(frames)
+    return np.bincount((frames * (n + 1) + rank).ravel(),
+                       weights=None if weights is None else weights.ravel(),
+                       minlength=t * (n + 1)).reshape(t, n + 1)
 
 
 def evaluate_stack(pred: np.ndarray, gt: np.ndarray,
@@ -134,33 +143,62 @@ def evaluate_stack(pred: np.ndarray, gt: np.ndarray,
     Returns
     -------
     StackScore
+
+    Raises
+    ------
+    DatasetError
+        Shapes differ, not integer labels, negative labels, or no ground-truth object.
     """
     from scipy.optimize import linear_sum_assignment
 
     pred, gt = _check(pred, gt)
-    p_ids, g_ids, inter, p_size, g_size = _overlaps(pred, gt)
+    p_ids, p_rank = object_ranks(pred)
+    g_ids, g_rank = object_ranks(gt)
+    n_p, n_g = len(p_ids), len(g_ids)
+    # overlaps of every (pred, gt) pair over the stack, from the pairs' ranks
+    both = (p_rank > 0) & (g_rank > 0)
+    inter = np.bincount((p_rank[both] - 1) * n_g + (g_rank[both] - 1),
+                        minlength=n_p * n_g).reshape(n_p, n_g).astype(float)
+    p_size = np.bincount(p_rank.ravel(), minlength=n_p + 1)[1:].astype(float)
+    g_size = np.bincount(g_rank.ravel(), minlength=n_g + 1)[1:].astype(float)
     union = p_size[:, None] + g_size[None, :] - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
     rows, cols = linear_sum_assignment(-iou) if iou.size else (np.zeros(0, int), np.zeros(0, int))
-    match = {int(g_ids[c]): int(p_ids[r]) for r, c in zip(rows, cols, strict=True) if iou[r, c] > 0}
+    pairs = [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if iou[r, c] > 0]
+    match = {int(g_ids[c]): int(p_ids[r]) for r, c in pairs}
+
+    # per-frame counts by ground-truth rank: its voxels, its matched prediction's voxels, their
+    # intersection, and the coordinate sums of both (centroids)
+    frames = np.broadcast_to(np.arange(len(gt)).reshape(-1, *([1] * (gt.ndim - 1))), gt.shape)
+    matched_to = np.zeros(n_p + 1, dtype=np.intp)  # pred rank -> matched gt rank (0: none)
+    for r, c in pairs:
+        matched_to[r + 1] = c + 1
+    m_rank = matched_to[p_rank]
+    g_count = _per_frame(frames, g_rank, n_g)
+    p_count = _per_frame(frames, m_rank, n_g)
+    i_count = _per_frame(frames, np.where(m_rank == g_rank, g_rank, 0), n_g)
+    coords = np.indices(gt.shape[1:], sparse=True)
+    g_sums = [_per_frame(frames, g_rank, n_g, np.broadcast_to(c, gt.shape)) for c in coords]
+    p_sums = [_per_frame(frames, m_rank, n_g, np.broadcast_to(c, gt.shape)) for c in coords]
+
     prompt_frames = dict(prompt_frames or {})
     objects = []
-    for g in (int(i) for i in g_ids):
-        g_frames = np.flatnonzero((gt == g).reshape(len(gt), -1).any(axis=1))
+    for k, g in enumerate(int(i) for i in g_ids):
+        col = k + 1
+        g_frames = np.flatnonzero(g_count[:, col])
         t0 = prompt_frames.get(g, int(g_frames[0]))
         p = match.get(g, 0)
         score = ObjectScore(g, p, t0)
         if p:
-            g_mask = gt == g
-            p_mask = pred == p
-            present = (g_mask | p_mask).reshape(len(gt), -1).any(axis=1)
-            centroid_err = []
-            for t in np.flatnonzero(present):
-                a, b = p_mask[t], g_mask[t]
-                score.frames.append(int(t))
-                score.iou.append(float((a & b).sum() / (a | b).sum()))
-                if a.any() and b.any():
-                    centroid_err.append(float(np.linalg.norm(_centroid(a) - _centroid(b))))
+            union_t = g_count[:, col] + p_count[:, col] - i_count[:, col]
+            present = np.flatnonzero(union_t)
+            score.frames = [int(t) for t in present]
+            score.iou = [float(i_count[t, col] / union_t[t]) for t in present]
+            both_t = [t for t in present if g_count[t, col] and p_count[t, col]]
+            centroid_err = [
+                float(np.linalg.norm([ps[t, col] / p_count[t, col] - gs[t, col] / g_count[t, col]
+                                      for ps, gs in zip(p_sums, g_sums, strict=True)]))
+                for t in both_t]
             score.mean_j = float(np.mean(score.iou))
             dist = np.abs(np.asarray(score.frames) - t0)
             if len(np.unique(dist)) > 1:
@@ -170,7 +208,7 @@ def evaluate_stack(pred: np.ndarray, gt: np.ndarray,
             score.frames = [int(t) for t in g_frames]
             score.iou = [0.0] * len(g_frames)
         objects.append(score)
-    mean_j = float(np.mean([o.mean_j for o in objects])) if objects else 0.0
+    mean_j = float(np.mean([o.mean_j for o in objects]))
     fps = sorted(int(i) for i in set(map(int, p_ids)) - set(match.values()))
     return StackScore(objects, mean_j, fps)
 
@@ -182,8 +220,24 @@ def write_stack_report(score: StackScore, out_dir: str | Path, settings: dict | 
     -------
     Path
         `out_dir`.
+
+    Raises
+    ------
+    OutputError
+        The folder or a file cannot be written (a file in the way, no permission, disk full).
     """
     out = Path(out_dir)
+    try:
+        _write_report(score, out, settings)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report in {out}: {write_problem(exc, out)} "
+                          f"({exc})") from exc
+    logger.info("stack evaluation: mean J %.4f over %d objects -> %s", score.mean_j,
+                len(score.objects), out)
+    return out
+
+
+def _write_report(score: StackScore, out: Path, settings: dict | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [(o.gt_id, o.pred_id, t, j) for o in score.objects for t, j in zip(o.frames, o.iou,
                                                                               strict=True)]
@@ -204,9 +258,6 @@ def write_stack_report(score: StackScore, out_dir: str | Path, settings: dict | 
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    logger.info("stack evaluation: mean J %.4f over %d objects -> %s", score.mean_j,
-                len(score.objects), out)
-    return out
 
 
 def _write_csv(fh, rows) -> None:
