@@ -311,3 +311,5 @@ def test_export_labels_tiff(tmp_path):
     saved = tifffile.imread(path)
     assert saved.dtype == np.uint16
     np.testing.assert_array_equal(saved, labels)
+    with tifffile.TiffFile(path) as tif:  # a time-lapse, as Fiji should see it
+        assert tif.is_imagej and tif.series[0].axes == "TYX"

@@ -9,24 +9,37 @@
 """
 
 from ..families import ModelChoiceError
-from .io import InputError, open_image, write_labels_tiff
+from .io import (
+    ImageInfo,
+    InputError,
+    OutputError,
+    check_output_path,
+    open_image,
+    read_image_info,
+    write_labels_tiff,
+)
 from .models import RANDOM_WEIGHTS, LoadedModel, load_model
-from .prompts_file import ObjectPrompt, PromptsFileError, group_prompts, read_prompts
+from .prompts_file import MAX_OBJECT_ID, ObjectPrompt, PromptsFileError, group_prompts, read_prompts
 from .segmenter import Progress, PromptPlacementError, Segmenter
 
 __all__ = [
+    "MAX_OBJECT_ID",
     "RANDOM_WEIGHTS",
+    "ImageInfo",
     "InputError",
     "LoadedModel",
     "ModelChoiceError",
     "ObjectPrompt",
+    "OutputError",
     "Progress",
     "PromptPlacementError",
     "PromptsFileError",
     "Segmenter",
+    "check_output_path",
     "group_prompts",
     "load_model",
     "open_image",
+    "read_image_info",
     "read_prompts",
     "write_labels_tiff",
 ]

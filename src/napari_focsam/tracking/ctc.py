@@ -249,15 +249,13 @@ def read_ctc_tracks(path: str | Path) -> TrackTable:
 
 
 def export_labels_tiff(labels: np.ndarray, path: str | Path) -> Path:
-    """Write a label stack as one TIFF, atomically (uint16 where the ids fit).
-
-    Thin wrapper of :func:`napari_focsam.api.io.write_labels_tiff` with the arguments in
-    the order of this package.
+    """Write a time-lapse's labels as one ImageJ hyperstack TIFF (``TYX`` or ``TZYX``),
+    atomically (uint16 where the ids fit; see :func:`napari_focsam.api.io.write_labels_tiff`).
 
     Parameters
     ----------
     labels : numpy.ndarray
-        ``T x H x W`` (or any shape) integer labels.
+        ``T x H x W`` or ``T x Z x H x W`` integer labels (2D labels are written as ``YX``).
     path : str or pathlib.Path
         Output ``.tif`` file.
 
@@ -268,4 +266,6 @@ def export_labels_tiff(labels: np.ndarray, path: str | Path) -> Path:
     """
     from napari_focsam.api.io import write_labels_tiff
 
-    return write_labels_tiff(path, labels)
+    labels = np.asarray(labels)
+    axes = {3: "TYX", 4: "TZYX"}.get(labels.ndim)
+    return write_labels_tiff(path, labels, axes=axes)
