@@ -115,17 +115,17 @@ class FakePropagator:
     def _raw(self, t: int) -> np.ndarray:
         return _gray(self.source.raw(self.features.frame_index(t)))
 
-    def add_points(self, frame, obj_id, points_xy=None, labels=None, box_xyxy=None):
+    def add_points(self, frame, obj_id, points_xy=None, labels=None, box_xyxy=None, result=True):
         assert 0 <= frame < self.num_frames
         pts_rc = None if points_xy is None else np.asarray(points_xy, dtype=np.float64)[:, ::-1]
         box_rc = None if box_xyxy is None else np.asarray(box_xyxy, dtype=np.float64)[[1, 0, 3, 2]]
         self.prompts.append(("points", frame, obj_id, points_xy, box_xyxy))
         return self._set(frame, obj_id, prompt_mask(self._raw(frame), pts_rc, labels, box_rc))
 
-    def add_clicks(self, frame, obj_id, points_xy=None, labels=None, box_xyxy=None):
+    def add_clicks(self, frame, obj_id, points_xy=None, labels=None, box_xyxy=None, result=True):
         return self.add_points(frame, obj_id, points_xy, labels, box_xyxy)
 
-    def add_mask(self, frame, obj_id, mask):
+    def add_mask(self, frame, obj_id, mask, result=True):
         assert 0 <= frame < self.num_frames
         mask = np.asarray(mask, dtype=bool)
         assert mask.shape == self.video_hw

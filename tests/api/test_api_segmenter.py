@@ -467,9 +467,9 @@ def test_mask_prompts_are_the_object_and_enter_sam2_as_masks(sam2):
     calls = []
     original = VideoPropagator.add_mask
 
-    def spy(self, frame, obj_id, m):
+    def spy(self, frame, obj_id, m, **kwargs):
         calls.append((frame, obj_id, np.asarray(m).copy()))
-        return original(self, frame, obj_id, m)
+        return original(self, frame, obj_id, m, **kwargs)
 
     import napari_focsam.api.segmenter as segmenter_module
 
@@ -511,9 +511,10 @@ def test_sam2_preview_is_the_mask_propagation_starts_from():
     results = []
     original = VideoPropagator.add_clicks
 
-    def spy(self, frame, obj_id, *args):
+    def spy(self, frame, obj_id, *args, **kwargs):
+        assert kwargs == {"result": False}  # entering objects builds no all-object logits
         results.append(original(self, frame, obj_id, *args))
-        return results[-1]
+        return None
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(VideoPropagator, "add_clicks", spy)

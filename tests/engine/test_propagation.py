@@ -11,6 +11,8 @@ encoder caching, error handling, object bookkeeping and hole filling.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -563,3 +565,17 @@ def test_bounded_memory_propagate_both_matches_unbounded(model):
     assert runs[True][-1].done == runs[True][-1].total
     _assert_results_equal(runs[True], runs[False])
 
+
+
+def test_objects_in_batches_give_the_same_results(model, features):
+    """`object_batch` bounds how many objects share a memory-attention pass; the numbers do
+    not depend on it (padding is masked), and prompts entered without a result return None."""
+    runs = []
+    for batch in (1, 2, 8):
+        prop = _propagator(model, features, dataclasses.replace(INDEPENDENT, object_batch=batch))
+        for obj, (x, y) in enumerate(((14, 14), (34, 28), (20, 30)), start=1):
+            assert prop.add_points(0, obj, np.array([[x, y]], np.float32), np.array([1]),
+                                   result=False) is None
+        runs.append(list(prop.propagate()))
+    for other in runs[1:]:
+        _assert_results_equal(other, runs[0], atol=BATCH_ATOL)

@@ -19,6 +19,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -490,12 +491,12 @@ class Segmenter:
                         pts = np.asarray(p.points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1]
                         box = None if p.box_rc is None else \
                             np.asarray(p.box_rc, np.float32)[[1, 0, 3, 2]]
-                        step(prop.add_clicks, int(p.frame), p.obj_id, pts if len(pts) else None,
-                             p.labels if len(pts) else None, box)
+                        step(partial(prop.add_clicks, result=False), int(p.frame), p.obj_id,
+                             pts if len(pts) else None, p.labels if len(pts) else None, box)
                     else:
                         mask = self._mask_from_interactive(p, flat, keep=False,
                                                            cancel_event=cancel_event)
-                        step(prop.add_mask, int(p.frame), p.obj_id, mask)
+                        step(partial(prop.add_mask, result=False), int(p.frame), p.obj_id, mask)
                     prompted += 1
                     if n_prompts:
                         yield Progress("prompt", prompted, n_prompts, flat)

@@ -128,7 +128,9 @@ class VideoPropagator:
         labels: np.ndarray | torch.Tensor | None = None,
         box_xyxy: np.ndarray | torch.Tensor | Sequence[float] | None = None,
         clear_old: bool = True,
-    ) -> FrameResult:
+        *,
+        result: bool = True,
+    ) -> FrameResult | None:
         """Points and/or a box for object `obj_id` on `frame`.
 
         Parameters
@@ -145,10 +147,13 @@ class VideoPropagator:
             ``(4,)`` (x0, y0, x1, y1) in frame pixels; sent as the first two points.
         clear_old : bool
             Replace the frame's earlier points of this object (required with a box).
+        result : bool
+            Return every object's logits on `frame` (False: None; entering many objects is
+            then linear in their number).
 
         Returns
         -------
-        FrameResult
+        FrameResult or None
             All objects on `frame`.
         """
         frame = self._check_frame(frame)
@@ -196,7 +201,7 @@ class VideoPropagator:
         track.points[frame] = (coords, labs)
         track.masks.pop(frame, None)
         (track.temp_cond if is_cond else track.temp_non_cond)[frame] = out
-        return self._prompt_result(frame, is_cond)
+        return self._prompt_result(frame, is_cond) if result else None
 
     def add_clicks(
         self,
@@ -205,7 +210,9 @@ class VideoPropagator:
         points_xy: np.ndarray | torch.Tensor | None = None,
         labels: np.ndarray | torch.Tensor | None = None,
         box_xyxy: np.ndarray | torch.Tensor | Sequence[float] | None = None,
-    ) -> FrameResult:
+        *,
+        result: bool = True,
+    ) -> FrameResult | None:
         """Clicks of one object on `frame` added one at a time, each with the previous step's
         logits, as SAM 2's interactive protocol sends them (the same mask as a click session
         of `Sam2ImagePredictor`). Replaces the object's earlier points on the frame.
@@ -217,16 +224,20 @@ class VideoPropagator:
         pts = None if points_xy is None else np.asarray(points_xy, dtype=np.float32).reshape(-1, 2)
         labs = None if labels is None else np.asarray(labels).reshape(-1)
         if pts is None or len(pts) == 0:
-            return self.add_points(frame, obj_id, None, None, box_xyxy)
+            return self.add_points(frame, obj_id, None, None, box_xyxy, result=result)
         if len(labs) != len(pts):
             raise PropagationError(f"{len(pts)} points but {len(labs)} labels")
-        result = self.add_points(frame, obj_id, pts[:1], labs[:1], box_xyxy)
+        last = len(pts) - 1
+        out = self.add_points(frame, obj_id, pts[:1], labs[:1], box_xyxy,
+                              result=result and last == 0)
         for k in range(1, len(pts)):
-            result = self.add_points(frame, obj_id, pts[k:k + 1], labs[k:k + 1], clear_old=False)
-        return result
+            out = self.add_points(frame, obj_id, pts[k:k + 1], labs[k:k + 1], clear_old=False,
+                                  result=result and k == last)
+        return out
 
     @torch.no_grad()
-    def add_mask(self, frame: int, obj_id: int, mask: np.ndarray | torch.Tensor) -> FrameResult:
+    def add_mask(self, frame: int, obj_id: int, mask: np.ndarray | torch.Tensor, *,
+                 result: bool = True) -> FrameResult | None:
         """A mask prompt (e.g. drawn with SAM or FocSAM) for object `obj_id` on `frame`.
 
         Parameters
@@ -237,10 +248,12 @@ class VideoPropagator:
             Object id.
         mask : array-like
             ``(H, W)`` bool (nonzero = object) at the stack's resolution.
+        result : bool
+            As in `add_points`.
 
         Returns
         -------
-        FrameResult
+        FrameResult or None
         """
         frame = self._check_frame(frame)
         m = torch.as_tensor(np.asarray(mask))
@@ -260,10 +273,10 @@ class VideoPropagator:
         reverse = False if is_init else track.tracked[frame]
         is_cond = is_init or self.options.sticky_corrections
         out = self._run_frame([track], frame, is_init, reverse, run_memory=False, masks=m)[0]
-        track.masks[frame] = m
+        track.masks[frame] = m.bool()
         track.points.pop(frame, None)
         (track.temp_cond if is_cond else track.temp_non_cond)[frame] = out
-        return self._prompt_result(frame, is_cond)
+        return self._prompt_result(frame, is_cond) if result else None
 
     def clear_prompts(self, frame: int, obj_id: int) -> FrameResult:
         """Remove an object's prompts on a frame; its output there becomes a tracked one."""
@@ -381,9 +394,11 @@ class VideoPropagator:
     def _propagate_frame(self, frame: int, reverse: bool, done: int, total: int,
                          keep_from: int | None = None) -> FrameResult:
         to_run = [t for t in self.tracks.values() if frame not in t.cond]
-        if to_run:
-            outs = self._run_frame(to_run, frame, False, reverse, run_memory=True)
-            for track, out in zip(to_run, outs, strict=True):
+        step = max(1, int(self.options.object_batch))
+        for start in range(0, len(to_run), step):  # batches bound the memory of many objects
+            batch = to_run[start:start + step]
+            outs = self._run_frame(batch, frame, False, reverse, run_memory=True)
+            for track, out in zip(batch, outs, strict=True):
                 track.non_cond[frame] = out
         device = self.model.device
         preds = []

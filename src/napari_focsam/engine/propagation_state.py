@@ -68,7 +68,7 @@ class ObjectTrack:
     points : dict of int to tuple of torch.Tensor
         Per frame ``(1, P, 2)`` (x, y) in the model frame and ``(1, P)`` int32 labels.
     masks : dict of int to torch.Tensor
-        Per frame ``(1, 1, S, S)`` float 0/1 mask prompts.
+        Per frame ``(1, 1, S, S)`` bool mask prompts.
     tracked : dict of int to bool
         Frames the object has an output on, with the direction they were tracked in.
     """
@@ -110,6 +110,9 @@ class PropagationOptions:
         Storage dtype of memory features (the official code stores bf16).
     bounded_memory : bool
         Drop outputs no later frame of the pass can use (see the module docstring).
+    object_batch : int
+        At most this many objects go through a frame's memory attention together (the
+        results do not depend on it; it bounds the memory of many objects).
     """
 
     sticky_corrections: bool = True
@@ -117,6 +120,7 @@ class PropagationOptions:
     fill_hole_area: int | None = None
     memory_dtype: torch.dtype = torch.bfloat16
     bounded_memory: bool = True
+    object_batch: int = 8
 
 
 @dataclass(frozen=True)

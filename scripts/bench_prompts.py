@@ -3,8 +3,8 @@
 
 Not a test (pytest does not collect it): a measurement to run by hand, e.g. ::
 
-    .venv/bin/python tests/api/bench_prompts.py --objects 50 250 --frames 3 --size 256
-    .venv/bin/python tests/api/bench_prompts.py --objects 250 --commands propagate --profile
+    .venv/bin/python scripts/bench_prompts.py --objects 50 250 --frames 3 --size 256
+    .venv/bin/python scripts/bench_prompts.py --objects 250 --commands propagate --profile
 
 Each (command, object count) runs in a fresh process on a warm embedding cache and prints its
 wall time and peak resident memory (``ru_maxrss``) over that of the same command with one
