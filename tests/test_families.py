@@ -152,14 +152,18 @@ def test_lookups():
 def test_model_menus_come_from_the_records():
     interactive = model_menu(Role.INTERACTIVE)
     propagation = model_menu(Role.PROPAGATION)
-    ids = [model_id for _, model_id in interactive]
-    assert ids[:4] == ["sam_vit_b", "sam_vit_l", "sam_vit_h", "focsam_vit_h"]
+    ids = [e.model_id for e in interactive]
+    assert ids.index("sam_vit_b") < ids.index("focsam_vit_h") < ids.index("sam2.1_hiera_tiny")
+    assert {"vit_b_lm", "vit_t_lm", "vit_b_em_organelles", "vit_t"} <= set(ids)
     assert "sam2.1_hiera_tiny" in ids and "sam2_hiera_tiny" not in ids  # 2.0: not offered
-    assert all(family_of(m).can(Role.PROPAGATION) for _, m in propagation)
-    assert [m for _, m in propagation] == [m for m in ids if family_of(m).can(Role.PROPAGATION)]
+    assert [e.model_id for e in interactive if e.suggested] == ["vit_b_lm"]  # LM by default
+    assert all(e.description for e in interactive)
+    assert all(family_of(e.model_id).can(Role.PROPAGATION) for e in propagation)
+    assert [e.model_id for e in propagation] == [m for m in ids
+                                                 if family_of(m).can(Role.PROPAGATION)]
     tests = model_menu(Role.INTERACTIVE, with_test_configs=True)[len(interactive):]
-    assert [m for _, m in tests] == ["sam_test_tiny", "focsam_test_tiny", "sam2_test_tiny"]
-    labels = [label for label, _ in model_menu(Role.INTERACTIVE, with_test_configs=True)]
+    assert [e.model_id for e in tests] == ["sam_test_tiny", "focsam_test_tiny", "sam2_test_tiny"]
+    labels = [e.label for e in model_menu(Role.INTERACTIVE, with_test_configs=True)]
     assert len(set(labels)) == len(labels) and "SAM 2 test-tiny" in labels
 
 
@@ -172,8 +176,8 @@ def test_a_new_family_is_one_record(monkeypatch, tiny_files):
                               test_configs=())
     monkeypatch.setitem(FAMILIES, "toy", toy)
     monkeypatch.setitem(WEIGHTS, "toy_tiny", spec)  # done at import for records in the module
-    assert ("Toy tiny", "toy_tiny") in model_menu(Role.INTERACTIVE)
-    assert ("Toy tiny", "toy_tiny") not in model_menu(Role.PROPAGATION)
+    assert ("Toy tiny", "toy_tiny") in [e[:2] for e in model_menu(Role.INTERACTIVE)]
+    assert "toy_tiny" not in [e.model_id for e in model_menu(Role.PROPAGATION)]
     assert list_specs("toy") == [spec]
     loaded = load_model("toy_tiny", weights=tiny_files["sam"][0], device="cpu", dtype="fp32")
     assert loaded.family is toy and loaded.can(Role.INTERACTIVE)

@@ -19,7 +19,7 @@ import enum
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from .errors import UserError
 
@@ -35,6 +35,7 @@ __all__ = [
     "SAM",
     "SAM2",
     "FamilyParts",
+    "MenuEntry",
     "ModelChoiceError",
     "ModelFamily",
     "Role",
@@ -109,8 +110,8 @@ class WeightSpec:
     url : str
         Official download URL.
     sha256 : str or None
-        Published SHA-256 (hex), or None when unpublished: the hash is then recorded after the
-        first download and checked from then on.
+        Published SHA-256 (hex). With neither it nor `xxh128`, the SHA-256 is recorded after
+        the first download and checked from then on.
     size : int or None
         Approximate size in bytes (for progress and information only; never checked).
     archive_member : str or None
@@ -123,6 +124,11 @@ class WeightSpec:
         Short name in the widget's model lists ("" : the id).
     offered : bool
         Whether the widget lists it (superseded releases are downloadable but not offered).
+    xxh128 : str or None
+        Published xxHash-128 (hex; micro-sam's model zoo publishes these), used when no
+        SHA-256 is published.
+    suggested : bool
+        The widget's default choice for its role.
     """
 
     id: str
@@ -137,6 +143,18 @@ class WeightSpec:
     description: str = ""
     label: str = ""
     offered: bool = True
+    xxh128: str | None = None
+    suggested: bool = False
+
+    @property
+    def published_hash(self) -> tuple[str, str] | None:
+        """``(algorithm, hex digest)`` of the published hash (``"sha256"`` or ``"xxh128"``),
+        or None."""
+        if self.sha256:
+            return "sha256", self.sha256.lower()
+        if self.xxh128:
+            return "xxh128", self.xxh128.lower()
+        return None
 
     @property
     def manual_url(self) -> str:
@@ -148,7 +166,19 @@ class WeightSpec:
 
 def _sam1(model_id: str, filename: str, sha256: str, size: int, label: str) -> WeightSpec:
     return WeightSpec(model_id, "sam", model_id, filename, f"{_SAM1_BASE}/{filename}", sha256,
-                      size, description=f"{label} (Meta)", label=label)
+                      size, description=f"{label} (Meta): natural images", label=label)
+
+
+#: Where micro-sam's model zoo lives (its ``micro_sam/util.py``; see ../shared/reference).
+_BIOIMAGE_IO = "https://uk1s3.embassy.ebi.ac.uk/public-datasets/bioimage.io"
+_GWDG = "https://owncloud.gwdg.de/index.php/s"
+
+
+def _micro_sam(model_id: str, url: str, xxh128: str, config: str, label: str, use: str,
+               suggested: bool = False) -> WeightSpec:
+    """A checkpoint of micro-sam's model zoo (SAM fine-tuned for microscopy; xxHash-128)."""
+    return WeightSpec(model_id, "sam", config, f"{model_id}.pt", url, description=use,
+                      label=label, xxh128=xxh128, suggested=suggested)
 
 
 def _sam2(model_id: str, sha256: str | None, size: int | None, label: str) -> WeightSpec:
@@ -322,6 +352,42 @@ SAM = ModelFamily(
     layout="a SAM 1 (segment-anything) state_dict with image_encoder./prompt_encoder./"
            "mask_decoder. keys",
     checkpoints=(
+        _micro_sam("vit_b_lm", f"{_BIOIMAGE_IO}/diplomatic-bug/1.2/files/vit_b.pt",
+                   "fe9252a29f3f4ea53c15a06de471e186", "sam_vit_b", "µSAM light microscopy ViT-B",
+                   "micro-sam: light microscopy (fluorescence, phase contrast, brightfield); "
+                   "cells and nuclei. The suggested default", suggested=True),
+        _micro_sam("vit_l_lm", f"{_BIOIMAGE_IO}/idealistic-rat/1.2/files/vit_l.pt",
+                   "017f20677997d628426dec80a8018f9d", "sam_vit_l", "µSAM light microscopy ViT-L",
+                   "micro-sam: light microscopy, larger and slower than ViT-B"),
+        _micro_sam("vit_t_lm", f"{_BIOIMAGE_IO}/faithful-chicken/1.1/files/vit_t.pt",
+                   "72ec5074774761a6e5c05a08942f981e", "sam_vit_t", "µSAM light microscopy ViT-T",
+                   "micro-sam: light microscopy with MobileSAM's small encoder; fastest on a "
+                   "laptop CPU"),
+        _micro_sam("vit_b_em_organelles", f"{_BIOIMAGE_IO}/noisy-ox/1.2/files/vit_b.pt",
+                   "f3bf2ed83d691456bae2c3f9a05fb438", "sam_vit_b", "µSAM EM organelles ViT-B",
+                   "micro-sam: electron microscopy; mitochondria, nuclei and other organelles"),
+        _micro_sam("vit_l_em_organelles", f"{_BIOIMAGE_IO}/humorous-crab/1.2/files/vit_l.pt",
+                   "810b084b6e51acdbf760a993d8619f2d", "sam_vit_l", "µSAM EM organelles ViT-L",
+                   "micro-sam: electron microscopy organelles, larger and slower than ViT-B"),
+        _micro_sam("vit_t_em_organelles", f"{_BIOIMAGE_IO}/greedy-whale/1/files/vit_t.pt",
+                   "253474720c497cce605e57c9b1d18fd9", "sam_vit_t", "µSAM EM organelles ViT-T",
+                   "micro-sam: electron microscopy organelles with MobileSAM's small encoder"),
+        _micro_sam("vit_b_histopathology", f"{_GWDG}/sBB4H8CTmIoBZsQ/download",
+                   "ffd1a2cd84570458b257bd95fdd8f974", "sam_vit_b", "µSAM histopathology ViT-B",
+                   "micro-sam (PathoSAM): stained tissue (H&E and others); nuclei"),
+        _micro_sam("vit_l_histopathology", f"{_GWDG}/IZgnn1cpBq2PHod/download",
+                   "b591833c89754271023e901281dee3f2", "sam_vit_l", "µSAM histopathology ViT-L",
+                   "micro-sam (PathoSAM): stained tissue, larger and slower than ViT-B"),
+        _micro_sam("vit_h_histopathology", f"{_GWDG}/L7AcvVz7DoWJ2RZ/download",
+                   "bd1856dafc156a43fb3aa705f1a6e92e", "sam_vit_h", "µSAM histopathology ViT-H",
+                   "micro-sam (PathoSAM): stained tissue, the largest and slowest"),
+        _micro_sam("vit_b_medical_imaging", f"{_GWDG}/f5Ol4FrjPQWfjUF/download",
+                   "40169f1e3c03a4b67bff58249c176d92", "sam_vit_b", "MedicoSAM ViT-B",
+                   "micro-sam (MedicoSAM): medical images (CT, MRI, ultrasound, X-ray...)"),
+        _micro_sam("vit_t", f"{_GWDG}/TuDzuwVDHd1ZDnQ/download",
+                   "8eadbc88aeb9d8c7e0b4b60c3db48bd0", "sam_vit_t", "MobileSAM ViT-T",
+                   "MobileSAM: SAM distilled into a 10 M-parameter encoder (natural images); "
+                   "fast"),
         _sam1("sam_vit_b", "sam_vit_b_01ec64.pth",
               "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375042383,
               "SAM ViT-B"),
@@ -433,15 +499,25 @@ def config_of(model_id: str) -> Any:
     return family.configs[spec.config if spec is not None else model_id]
 
 
-def model_menu(role: Role | str, *, with_test_configs: bool = False) -> list[tuple[str, str]]:
-    """``(label, model id)`` of the offered checkpoints of the families that can play `role`,
+class MenuEntry(NamedTuple):
+    """One model of the widget's model lists."""
+
+    label: str
+    model_id: str
+    description: str = ""
+    suggested: bool = False
+
+
+def model_menu(role: Role | str, *, with_test_configs: bool = False) -> list[MenuEntry]:
+    """The offered checkpoints of the families that can play `role` (in registry order),
     followed by their tiny test configs when `with_test_configs`."""
     role = Role(role)
     families = [f for f in FAMILIES.values() if f.can(role)]
-    menu = [(spec.label or spec.id, spec.id)
+    menu = [MenuEntry(spec.label or spec.id, spec.id, spec.description, spec.suggested)
             for f in families for spec in f.checkpoints if spec.offered]
     if with_test_configs:
-        menu += [(f"{f.title} test-{name.rsplit('_test_', 1)[-1]}", name)
+        menu += [MenuEntry(f"{f.title} test-{name.rsplit('_test_', 1)[-1]}", name,
+                           "tiny test model (random weights: masks are meaningless)")
                  for f in families for name in f.test_configs]
     return menu
 

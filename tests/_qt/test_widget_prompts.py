@@ -32,7 +32,7 @@ def test_widget_loads_through_the_manifest(make_napari_viewer, monkeypatch, qtbo
     for combo, role in ((widget.setup.models.interactive_combo, Role.INTERACTIVE),
                         (widget.setup.models.propagation_combo, Role.PROPAGATION)):
         offered = [combo.itemData(i) for i in range(combo.count())]
-        assert offered == [model_id for _, model_id in model_menu(role, with_test_configs=True)]
+        assert offered == [e.model_id for e in model_menu(role, with_test_configs=True)]
     widget.shutdown()
 
 

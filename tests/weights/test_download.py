@@ -217,7 +217,7 @@ def test_unpublished_hash_is_recorded_then_enforced(server, specs, cache, caplog
     data = server.contents["tofu.pt"]
     side = sidecar_path(path)
     assert side.read_text().split() == [sha(data), "tofu.pt"]
-    assert "no published SHA-256" in caplog.text
+    assert "no published hash" in caplog.text
     assert files_in(cache) == ["tofu.pt", "tofu.pt.sha256"]
     assert weights_status("test_tofu", cache) == "cached"
     assert verify_weights("test_tofu", path) == sha(data)
@@ -356,3 +356,30 @@ def test_deep_verify_checks_the_model_family(tmp_path, monkeypatch, specs):
     verify_weights("test_deep_sam", tmp_path / "sam2.pt")  # shallow: no family check
     with pytest.raises(WeightsVerificationError, match=r"is a SAM 2 checkpoint.*expected a SAM 1"):
         verify_weights("test_deep_sam", tmp_path / "sam2.pt", deep=True)
+
+
+def _xxh128(data: bytes) -> str:
+    import xxhash
+
+    return xxhash.xxh128(data).hexdigest()
+
+
+def test_xxh128_published_hashes_are_verified(server, specs, cache, monkeypatch):
+    """micro-sam's model zoo publishes xxHash-128: a download is checked against it, a wrong
+    one keeps nothing, and `verify_weights` re-checks the cached file with it."""
+    good = server.contents["good.pth"]
+    monkeypatch.setitem(WEIGHTS, "test_xxh", dataclasses.replace(
+        specs["test_good"], id="test_xxh", sha256=None, xxh128=_xxh128(good), filename="good.pth"))
+    monkeypatch.setitem(WEIGHTS, "test_xxh_bad", dataclasses.replace(
+        specs["test_good"], id="test_xxh_bad", sha256=None, xxh128=_xxh128(good),
+        filename="bad.pth", url=f"{server.url}/bad.pth"))
+    path = fetch_weights("test_xxh", cache_dir=cache)
+    assert path.read_bytes() == good and not sidecar_path(path).exists()  # nothing recorded
+    assert verify_weights("test_xxh", path) == sha(good)
+    with pytest.raises(HashMismatchError, match="xxHash-128 mismatch") as info:
+        fetch_weights("test_xxh_bad", cache_dir=cache)
+    assert info.value.algorithm == "xxh128"
+    assert files_in(cache) == ["good.pth"]  # the bad download left nothing
+    (cache / "good.pth").write_bytes(good + b"tampered")
+    with pytest.raises(HashMismatchError, match="xxHash-128"):
+        verify_weights("test_xxh", cache / "good.pth")

@@ -24,24 +24,37 @@ UNPUBLISHED = {"sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus", "s
                "focsam_vit_h"}
 
 
+#: micro-sam's model zoo (SAM fine-tuned for microscopy, and MobileSAM): xxHash-128 published.
+MICRO_SAM = {"vit_b_lm", "vit_l_lm", "vit_t_lm", "vit_b_em_organelles", "vit_l_em_organelles",
+             "vit_t_em_organelles", "vit_b_histopathology", "vit_l_histopathology",
+             "vit_h_histopathology", "vit_b_medical_imaging", "vit_t"}
+
+
 def test_every_released_model_is_registered():
     assert set(WEIGHTS) == {
         "sam_vit_b", "sam_vit_l", "sam_vit_h",
         "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
-        *UNPUBLISHED,
+        *UNPUBLISHED, *MICRO_SAM,
     }
     assert all(key == spec.id for key, spec in WEIGHTS.items())
+    assert len({spec.filename for spec in WEIGHTS.values()}) == len(WEIGHTS)  # one file each
 
 
-def test_published_hashes_are_sha256_hex():
+def test_published_hashes_are_sha256_or_xxh128_hex():
     for spec in WEIGHTS.values():
         if spec.id in UNPUBLISHED:
-            assert spec.sha256 is None, spec.id
+            assert spec.published_hash is None, spec.id
+        elif spec.id in MICRO_SAM:
+            assert spec.sha256 is None and re.fullmatch(r"[0-9a-f]{32}", spec.xxh128), spec.id
+            assert spec.published_hash == ("xxh128", spec.xxh128)
         else:
             assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), spec.id
+            assert spec.published_hash == ("sha256", spec.sha256)
     assert len({s.sha256 for s in WEIGHTS.values() if s.sha256}) == 7
+    assert len({s.xxh128 for s in WEIGHTS.values() if s.xxh128}) == len(MICRO_SAM)
     assert get_spec("sam_vit_b").sha256 == (
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912")
+    assert get_spec("vit_b_lm").xxh128 == "fe9252a29f3f4ea53c15a06de471e186"
 
 
 def test_configs_exist_in_the_model_code():
@@ -52,10 +65,13 @@ def test_configs_exist_in_the_model_code():
 
 def test_urls_and_file_names():
     for spec in list_specs("sam") + list_specs("sam2"):
-        assert spec.source == "http"
+        assert spec.source == "http" and spec.archive_member is None
+        if spec.id in MICRO_SAM:
+            assert spec.url.startswith(("https://uk1s3.embassy.ebi.ac.uk/", "https://owncloud.gwdg.de/"))
+            assert spec.filename == f"{spec.id}.pt"
+            continue
         assert spec.url.startswith("https://dl.fbaipublicfiles.com/")
         assert spec.url.rsplit("/", 1)[1] == spec.filename
-        assert spec.archive_member is None
     assert get_spec("sam2.1_hiera_large").url.endswith("/092824/sam2.1_hiera_large.pt")
     assert get_spec("sam2_hiera_large").url.endswith("/072824/sam2_hiera_large.pt")
     focsam = get_spec("focsam_vit_h")
@@ -72,7 +88,7 @@ def test_sizes_are_known_where_published():
     assert get_spec("sam_vit_h").size == 2564550879
     assert get_spec("sam2.1_hiera_tiny").size == 156008466
     for spec in WEIGHTS.values():
-        assert (spec.size is None) == (spec.id in UNPUBLISHED), spec.id
+        assert (spec.size is None) == (spec.id in UNPUBLISHED | MICRO_SAM), spec.id
 
 
 def test_unknown_model_suggests_a_close_id():
@@ -89,7 +105,8 @@ def test_unknown_model_suggests_a_close_id():
 
 
 def test_list_specs_by_family():
-    assert [s.id for s in list_specs("sam")] == ["sam_vit_b", "sam_vit_l", "sam_vit_h"]
+    sam = [s.id for s in list_specs("sam")]
+    assert sam[-3:] == ["sam_vit_b", "sam_vit_l", "sam_vit_h"] and set(sam[:-3]) == MICRO_SAM
     assert len(list_specs("sam2")) == 8
     assert [s.id for s in list_specs("focsam")] == ["focsam_vit_h"]
     assert list_specs() == list(WEIGHTS.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QFileDialog,
@@ -269,10 +269,15 @@ class ModelsBox(QWidget):
             previous = combo.currentData()
             combo.blockSignals(True)
             combo.clear()
-            for name, model_id in model_menu(role, with_test_configs=random):
-                combo.addItem(name, model_id)
-                combo.setItemData(combo.count() - 1, name, _NAME_ROLE)
-            combo.setCurrentIndex(max(combo.findData(previous), 0))
+            menu = model_menu(role, with_test_configs=random)
+            for entry in menu:
+                combo.addItem(entry.label, entry.model_id)
+                combo.setItemData(combo.count() - 1, entry.label, _NAME_ROLE)
+                combo.setItemData(combo.count() - 1, entry.description,
+                                  Qt.ItemDataRole.ToolTipRole)
+            default = next((e.model_id for e in menu if e.suggested), None)
+            combo.setCurrentIndex(max(combo.findData(previous if previous is not None else default),
+                                      0))
             combo.blockSignals(False)
         self.refresh_weights()
 

@@ -56,6 +56,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="evaluate the first N samples only")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the clicker's tie-breaking and of random weights (0)")
+    p.add_argument("--void", choices=("background", "ignore"), default="background",
+                   help="void pixels (GrabCut's unknown band, label 255): background as in "
+                        "FocSAM's test loop, for figures comparable with the paper (default), or "
+                        "left out of the IoU and the clicks as in RITM")
     p.add_argument("--compare", default=None, metavar="MODEL",
                    help="a second model run on the same samples with the same seed")
     p.add_argument("--compare-weights", default=None,
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                        device=args.device, dtype=args.dtype, max_clicks=args.max_clicks,
                        limit=args.limit, seed=args.seed, out_dir=args.out,
                        compare=args.compare, compare_weights=args.compare_weights,
-                       offline=args.offline or None)
+                       offline=args.offline or None, void=args.void)
     report = show_progress(progress, quiet=args.quiet, unit="sample", label=lambda p: "evaluate",
                            postfix=lambda p: p.model)
     sys.stdout.write(_format_summary(report.summary) + "\n")

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..weights import (
     cached_path,
-    expected_sha256,
+    expected_hash,
     fetch_weights,
     get_spec,
     list_specs,
@@ -131,12 +131,14 @@ def _download(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     spec = get_spec(args.model)
     path = args.file if args.file is not None else cached_path(args.model, args.cache_dir)
-    reference = expected_sha256(args.model, path)
+    reference = expected_hash(args.model, path)
     digest = verify_weights(args.model, path, deep=args.deep)
     if reference is None:
         note = "no published or recorded hash to compare with"
     else:
-        note = f"matches the {'published' if spec.sha256 else 'recorded'} hash"
+        kind = "published" if spec.published_hash else "recorded"
+        name = "xxHash-128" if reference[0] == "xxh128" else "SHA-256"
+        note = f"matches the {kind} hash ({name})"
     sys.stdout.write(f"OK {path}: sha256 {digest} ({note})\n")
     return 0
 

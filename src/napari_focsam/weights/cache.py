@@ -9,8 +9,10 @@ NAPARI_FOCSAM_WEIGHTS_URL
 NAPARI_FOCSAM_OFFLINE
     ``1`` / ``true`` / ``yes`` / ``on``: never use the network.
 
-Checkpoints without a published hash (SAM 2.0, FocSAM) get it recorded in ``<file>.sha256``
-on first download ("trust on first use") and are checked against it from then on.
+Checkpoints are checked against their published hash: SHA-256 (Meta's releases) or
+xxHash-128 (micro-sam's model zoo). Those without one (SAM 2.0, FocSAM) get their SHA-256
+recorded in ``<file>.sha256`` on first download ("trust on first use"), once they load as a
+checkpoint, and are checked against it from then on.
 """
 
 from __future__ import annotations
@@ -43,12 +45,15 @@ __all__ = [
     "ENV_BASE_URL",
     "ENV_CACHE_DIR",
     "ENV_OFFLINE",
+    "FileHasher",
     "cached_path",
     "check_local_file",
     "check_structure",
     "default_file_mode",
     "download_url",
+    "expected_hash",
     "expected_sha256",
+    "file_digests",
     "format_problem",
     "is_offline",
     "read_recorded_sha256",
@@ -121,31 +126,65 @@ def record_sha256(path: Path, digest: str) -> None:
     os.replace(tmp, side)
 
 
-def expected_sha256(model_id: str, path: str | os.PathLike[str]) -> str | None:
-    """The hash ``path`` must have: the published one, else the one recorded next to it."""
+def expected_hash(model_id: str, path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """``(algorithm, hex)`` the file must match: the published hash (SHA-256 or xxHash-128),
+    else the SHA-256 recorded next to it on first download; None when there is neither."""
     spec = get_spec(model_id)
-    return spec.sha256.lower() if spec.sha256 else read_recorded_sha256(Path(path))
+    published = spec.published_hash
+    if published is not None:
+        return published
+    recorded = read_recorded_sha256(Path(path))
+    return None if recorded is None else ("sha256", recorded)
 
 
-#: SHA-256 of files already hashed in this process, by (path, size, mtime in ns).
-_DIGESTS: dict[tuple[str, int, int], str] = {}
+def expected_sha256(model_id: str, path: str | os.PathLike[str]) -> str | None:
+    """The published or recorded SHA-256 of ``path`` (None for an xxHash-128 published hash:
+    see `expected_hash`)."""
+    expected = expected_hash(model_id, path)
+    return expected[1] if expected is not None and expected[0] == "sha256" else None
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file, read in :data:`HASH_CHUNK_SIZE` chunks (remembered for the
-    process while the file's size and modification time stay the same)."""
+class FileHasher:
+    """SHA-256 and xxHash-128 of a byte stream, computed together (`update` with each chunk)."""
+
+    def __init__(self) -> None:
+        import xxhash
+
+        self._hashes = {"sha256": hashlib.sha256(), "xxh128": xxhash.xxh128()}
+
+    def update(self, data: bytes) -> None:
+        for h in self._hashes.values():
+            h.update(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        """``{"sha256": hex, "xxh128": hex}``."""
+        return {name: h.hexdigest() for name, h in self._hashes.items()}
+
+
+#: Digests of files already hashed in this process, by (path, size, mtime in ns).
+_DIGESTS: dict[tuple[str, int, int], dict[str, str]] = {}
+
+
+def file_digests(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``{"sha256": hex, "xxh128": hex}`` of a file, read once in :data:`HASH_CHUNK_SIZE`
+    chunks (remembered for the process while the file's size and modification time stay the
+    same)."""
     resolved = Path(path).resolve()
     stat = resolved.stat()
     key = (str(resolved), stat.st_size, stat.st_mtime_ns)
     cached = _DIGESTS.get(key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    with open(resolved, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_SIZE):
-            digest.update(chunk)
-    _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
+    if cached is None:
+        hasher = FileHasher()
+        with open(resolved, "rb") as f:
+            while chunk := f.read(HASH_CHUNK_SIZE):
+                hasher.update(chunk)
+        cached = _DIGESTS[key] = hasher.hexdigests()
+    return dict(cached)
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file (see `file_digests`)."""
+    return file_digests(path)["sha256"]
 
 
 def default_file_mode() -> int:
@@ -270,15 +309,16 @@ def verify_weights(model_id: str, path: str | os.PathLike[str], *, deep: bool = 
     problem = format_problem(spec, path)
     if problem:
         raise WeightsVerificationError(f"{problem}; get {spec.filename} from {spec.manual_url}")
-    actual = sha256_file(path)
-    expected = expected_sha256(model_id, path)
-    if expected and actual != expected:
-        hint = ("" if spec.sha256 else f"The hash was recorded on first download in "
+    digests = file_digests(path)
+    expected = expected_hash(model_id, path)
+    if expected is not None and digests[expected[0]] != expected[1]:
+        hint = ("" if spec.published_hash else f"The hash was recorded on first download in "
                 f"{sidecar_path(path)}; delete that file if the new one is legitimate.")
-        raise HashMismatchError(str(path), expected, actual, hint=hint)
+        raise HashMismatchError(str(path), expected[1], digests[expected[0]], hint=hint,
+                                algorithm=expected[0])
     if deep:
         check_structure(spec, path)
-    return actual
+    return digests["sha256"]
 
 
 def weights_status(model_id: str, cache_dir: str | os.PathLike[str] | None = None, *,
@@ -296,7 +336,7 @@ def weights_status(model_id: str, cache_dir: str | os.PathLike[str] | None = Non
     path = cached_path(model_id, cache_dir)
     if not path.is_file():
         return "missing"
-    if path.stat().st_size == 0 or expected_sha256(model_id, path) is None:
+    if path.stat().st_size == 0 or expected_hash(model_id, path) is None:
         return "unverified"
     if check_hash:
         try:
@@ -346,7 +386,7 @@ def register_local_file(model_id: str, path: str | os.PathLike[str], *, copy: bo
     try:
         with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
             shutil.copyfileobj(inp, out, 16 << 20)
-        if not get_spec(model_id).sha256:
+        if not get_spec(model_id).published_hash:
             check_structure(get_spec(model_id), part)  # a hash is recorded for sound files only
             record_sha256(target, digest)
         os.chmod(part, default_file_mode())

@@ -11,7 +11,6 @@ variables (cache folder, mirror URL, offline mode).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from typing import Any, BinaryIO
 from ..families import WeightSpec
 from .cache import (
     ENV_OFFLINE,
+    FileHasher,
     cached_path,
     check_local_file,
     check_structure,
@@ -65,7 +65,7 @@ class _Transfer:
         self.out, self.callback, self.name = out, callback, name
         self.total = 0
         self.done = 0
-        self.digest = hashlib.sha256()
+        self.hasher = FileHasher()
         self._want_bar, self._bar = bar, None
 
     # pooch progress-bar protocol (total is set as an attribute)
@@ -83,7 +83,7 @@ class _Transfer:
     # file protocol used by pooch
     def write(self, data: bytes) -> int:
         self.out.write(data)
-        self.digest.update(data)
+        self.hasher.update(data)
         self.done += len(data)
         if self._want_bar and self._bar is None:
             with contextlib.suppress(ImportError):
@@ -148,13 +148,19 @@ def _download(spec: WeightSpec, url: str, target: Path, progress: bool | Progres
         problem = format_problem(spec, part, zip_expected=spec.filename.endswith(".zip"))
         if problem:
             raise DownloadError(url, _payload_hint(spec, problem.replace(str(part), "the response")))
-        actual = transfer.digest.hexdigest()
-        expected = spec.sha256.lower() if spec.sha256 else read_recorded_sha256(target)
-        if expected and actual != expected:
+        digests = transfer.hasher.hexdigests()
+        actual = digests["sha256"]
+        expected = spec.published_hash
+        if expected is None:
+            recorded = read_recorded_sha256(target)
+            expected = None if recorded is None else ("sha256", recorded)
+        if expected is not None and digests[expected[0]] != expected[1]:
             hint = ("The file on the server differs from the one whose hash was recorded on "
                     f"first download; delete {sidecar_path(target)} to accept it."
-                    if not spec.sha256 else "Nothing was saved; try again or use a local copy.")
-            raise HashMismatchError(str(target), expected, actual, url, hint)
+                    if not spec.published_hash else "Nothing was saved; try again or use a local "
+                    "copy.")
+            raise HashMismatchError(str(target), expected[1], digests[expected[0]], url, hint,
+                                    algorithm=expected[0])
         if expected is None:
             try:  # nothing vouches for the bytes: they must at least load as a checkpoint
                 check_structure(spec, part)
@@ -162,8 +168,9 @@ def _download(spec: WeightSpec, url: str, target: Path, progress: bool | Progres
                 raise DownloadError(url, f"the downloaded file is not a readable checkpoint "
                                          f"(a transfer cut short?): {exc}") from exc
             record_sha256(target, actual)
-            logger.warning("%s has no published SHA-256; recorded %s in %s and will check the "
-                           "file against it from now on", spec.id, actual, sidecar_path(target))
+            logger.warning("%s has no published hash; recorded its SHA-256 %s in %s and will "
+                           "check the file against it from now on", spec.id, actual,
+                           sidecar_path(target))
         os.chmod(part, default_file_mode())
         os.replace(part, target)
         if callback is not None and not transfer.total:
@@ -247,7 +254,7 @@ def fetch_weights(model_id: str, *, cache_dir: PathLike | None = None, url: str 
                     _offline_message(spec, target, f"the cached file is not valid ({exc})")) from exc
             logger.warning("cached %s is not valid (%s); downloading it again", target, exc)
         else:
-            if not spec.sha256 and read_recorded_sha256(target) is None:
+            if not spec.published_hash and read_recorded_sha256(target) is None:
                 check_structure(spec, target)  # a hash is recorded for sound files only
                 record_sha256(target, digest)
                 logger.warning("%s has no published SHA-256; recorded the cached file's (%s) in %s",

@@ -53,7 +53,7 @@ class WeightsVerificationError(WeightsError):
 
 
 class HashMismatchError(WeightsVerificationError):
-    """The SHA-256 of a file differs from the published (or first-recorded) hash.
+    """The hash of a file differs from the published (or first-recorded) one.
 
     Attributes
     ----------
@@ -63,16 +63,22 @@ class HashMismatchError(WeightsVerificationError):
         Hex digests.
     url : str or None
         Where the file was downloaded from, if it was just downloaded.
+    algorithm : str
+        ``"sha256"`` or ``"xxh128"``.
     """
 
+    _NAMES = {"sha256": "SHA-256", "xxh128": "xxHash-128"}
+
     def __init__(self, path: str, expected: str, actual: str, url: str | None = None,
-                 hint: str = "") -> None:
+                 hint: str = "", algorithm: str = "sha256") -> None:
         self.path = path
         self.expected = expected
         self.actual = actual
         self.url = url
+        self.algorithm = algorithm
         origin = f" (downloaded from {url})" if url else ""
-        super().__init__(f"SHA-256 mismatch for {path}{origin}: expected {expected}, got {actual}."
+        name = self._NAMES.get(algorithm, algorithm)
+        super().__init__(f"{name} mismatch for {path}{origin}: expected {expected}, got {actual}."
                          + (f" {hint}" if hint else ""))
 
 
