@@ -1,8 +1,11 @@
 """Shared test configuration: discovery of the official parity fixtures.
 
-A test that takes an argument ``sam1_fixture`` (or ``focsam_fixture``, ``sam2_fixture``) runs
-once per matching ``<kind>_*.pt`` file in ``$FOCSAM_PARITY_DIR`` (default:
-``<repo>/../shared/parity``) and is skipped when the folder holds no file of that kind.
+A test that takes an argument ``sam1_fixture`` (or ``focsam_fixture``, ``sam2_fixture``,
+``tinyvit_fixture``) runs once per matching ``<kind>_*.pt`` file and is skipped when none is
+found. Files are looked for in ``$FOCSAM_PARITY_DIR`` when it is set, else in
+``<repo>/../shared/parity`` and in the repository's own ``tests/parity`` (small fixtures
+shipped with the code, recorded by ``scripts/parity/``); a name found in both is taken from the
+first.
 """
 
 from __future__ import annotations
@@ -14,18 +17,25 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PARITY_KINDS = ("sam1", "focsam", "sam2")
+PARITY_KINDS = ("sam1", "focsam", "sam2", "tinyvit")
 
 
-def parity_dir() -> Path:
-    """Folder holding the parity fixtures."""
+def parity_dirs() -> list[Path]:
+    """Folders holding the parity fixtures, in order of preference."""
     env = os.environ.get("FOCSAM_PARITY_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "parity"
+    if env:
+        return [Path(env)]
+    return [REPO_ROOT.parent / "shared" / "parity", REPO_ROOT / "tests" / "parity"]
 
 
 def parity_files(kind: str) -> list[Path]:
-    """Every fixture file of ``kind`` (``sam1``, ``focsam``, ``sam2``), sorted."""
-    return sorted(parity_dir().glob(f"{kind}_*.pt"))
+    """Every fixture file of ``kind`` (``sam1``, ``focsam``, ``sam2``, ``tinyvit``), sorted by
+    name; a name present in several folders is taken from the first."""
+    found: dict[str, Path] = {}
+    for folder in parity_dirs():
+        for path in sorted(folder.glob(f"{kind}_*.pt")):
+            found.setdefault(path.name, path)
+    return [found[name] for name in sorted(found)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -45,7 +55,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if files:
             metafunc.parametrize(name, files, ids=[f.stem for f in files], indirect=True)
         else:
-            reason = f"no {kind}_*.pt parity fixture in {parity_dir()}"
+            folders = " or ".join(str(d) for d in parity_dirs())
+            reason = f"no {kind}_*.pt parity fixture in {folders}"
             metafunc.parametrize(name, [pytest.param(None, marks=pytest.mark.skip(reason=reason))],
                                  indirect=True)
 
@@ -70,4 +81,10 @@ def focsam_fixture(request: pytest.FixtureRequest) -> dict:
 @pytest.fixture
 def sam2_fixture(request: pytest.FixtureRequest) -> dict:
     """A loaded ``sam2_*.pt`` fixture (dict) with its ``path`` added."""
+    return _fixture_loader(request)
+
+
+@pytest.fixture
+def tinyvit_fixture(request: pytest.FixtureRequest) -> dict:
+    """A loaded ``tinyvit_*.pt`` fixture (dict) with its ``path`` added."""
     return _fixture_loader(request)

@@ -162,7 +162,8 @@ def test_model_menus_come_from_the_records():
     assert [e.model_id for e in propagation] == [m for m in ids
                                                  if family_of(m).can(Role.PROPAGATION)]
     tests = model_menu(Role.INTERACTIVE, with_test_configs=True)[len(interactive):]
-    assert [e.model_id for e in tests] == ["sam_test_tiny", "focsam_test_tiny", "sam2_test_tiny"]
+    assert [e.model_id for e in tests] == ["sam_test_tiny", "sam_test_tinyvit", "focsam_test_tiny",
+                                          "sam2_test_tiny"]
     labels = [e.label for e in model_menu(Role.INTERACTIVE, with_test_configs=True)]
     assert len(set(labels)) == len(labels) and "SAM 2 test-tiny" in labels
 

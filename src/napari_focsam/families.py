@@ -349,8 +349,8 @@ def _sam2_parts() -> FamilyParts:
 
 SAM = ModelFamily(
     name="sam", title="SAM", roles=frozenset({Role.INTERACTIVE}),
-    layout="a SAM 1 (segment-anything) state_dict with image_encoder./prompt_encoder./"
-           "mask_decoder. keys",
+    layout="a SAM 1 (segment-anything, MobileSAM or micro-sam) state_dict with image_encoder./"
+           "prompt_encoder./mask_decoder. keys (also in torch_em's model_state with sam. keys)",
     checkpoints=(
         _micro_sam("vit_b_lm", f"{_BIOIMAGE_IO}/diplomatic-bug/1.2/files/vit_b.pt",
                    "fe9252a29f3f4ea53c15a06de471e186", "sam_vit_b", "µSAM light microscopy ViT-B",
@@ -398,7 +398,7 @@ SAM = ModelFamily(
               "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2564550879,
               "SAM ViT-H"),
     ),
-    test_configs=("sam_test_tiny",),
+    test_configs=("sam_test_tiny", "sam_test_tinyvit"),
     load_parts=_sam_parts,
 )
 

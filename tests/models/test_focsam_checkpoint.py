@@ -366,15 +366,17 @@ def test_unreleased_size_needs_a_config(mm_pth):
 
 
 def test_mmengine_objects_become_inert_stand_ins(mm_pth):
-    from napari_focsam.models.focsam.loading import MmengineStub, _load_torch_file, _read_head
+    from napari_focsam.models.checkpoint import load_torch_file
+    from napari_focsam.models.focsam.loading import STUBBED_PACKAGES
+    from napari_focsam.models.safe_pickle import InertStub
 
-    loaded = _load_torch_file(mm_pth, _read_head(mm_pth, "f"), "f")
+    loaded = load_torch_file(mm_pth, stubbed_packages=STUBBED_PACKAGES)
     hub = loaded["message_hub"]
-    assert isinstance(hub, MmengineStub)
+    assert isinstance(hub, InertStub)
     assert (type(hub).__module__, type(hub).__qualname__) == ("mmengine.logging.message_hub",
                                                               "MessageHub")
     loss = hub.pickled_state["_log_scalars"]["loss"]
-    assert isinstance(loss, MmengineStub) and "HistoryBuffer" in repr(loss)
+    assert isinstance(loss, InertStub) and "HistoryBuffer" in repr(loss)
     np.testing.assert_array_equal(loss.pickled_state["_log_history"], [0.5, 0.25])
     info = hub.pickled_state["_runtime_info"]
     assert info["lr"] == np.float64(1e-5) and info["stats"].shape == (2, 3)

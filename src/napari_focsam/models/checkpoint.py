@@ -1,15 +1,22 @@
-"""Reading official checkpoints safely and checking them against our modules.
+"""Reading checkpoints safely and checking them against our modules.
 
 Every failure is a :class:`CheckpointError` whose message names the file, what was found and
-what was expected: a truncated download, a file that is not a checkpoint, or a state_dict whose
-keys or shapes do not fit the chosen config. Which family a checkpoint belongs to is told by
-the family records (`napari_focsam.families.detect_family`).
+what was expected: a truncated download, an HTML page saved instead of the file, a pickled
+object that is not allowed, or a state_dict whose keys or shapes do not fit the chosen config.
+Which family a checkpoint belongs to is told by the family records
+(`napari_focsam.families.detect_family`).
+
+Reading follows the policy of :mod:`napari_focsam.models.safe_pickle`: globals are listed
+from the pickle before anything is unpickled, objects of named training frameworks become
+inert stand-ins, anything else is refused, and ``torch.load(weights_only=True)`` does the
+loading.
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
+import re
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,12 +26,38 @@ import torch
 from torch import nn
 
 from ..errors import MissingFileError, UserError
+from .safe_pickle import InertStub, pickle_globals, resolve_globals
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "TRAINING_PACKAGES",
+    "ZIP_MAGIC",
+    "CheckpointError",
+    "ConfigNotInferredError",
+    "build_and_load",
+    "check_state_dict",
+    "check_values",
+    "load_checked",
+    "load_torch_file",
+    "open_zip",
+    "read_checkpoint",
+    "read_head",
+    "tensor_keys",
+    "torch_pickle_member",
+]
+
 _MAX_LISTED_KEYS = 8
-#: torch.save writes a zip archive ("PK\x03\x04"); legacy files are pickles (protocol >= 2).
-_TORCH_MAGICS = (b"PK\x03\x04", b"\x80")
+#: torch.save writes a zip archive; legacy files (and plain pickles) start with PROTO 0x80.
+ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"
+_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<body", b"<?xml")
+#: A legacy (non-zip) torch file is a magic number, a protocol version and sys_info, each
+#: pickled, then the pickled object; the storages' raw bytes follow.
+_LEGACY_PICKLES = 4
+#: Training frameworks whose pickled objects :func:`read_checkpoint` reads as inert stand-ins
+#: (micro-sam's checkpoints are torch_em training checkpoints).
+TRAINING_PACKAGES: tuple[str, ...] = ("torch_em", "micro_sam")
 
 
 class CheckpointError(UserError, ValueError):
@@ -32,21 +65,176 @@ class CheckpointError(UserError, ValueError):
 
 
 class ConfigNotInferredError(CheckpointError):
-    """No config was given and the file fits no known config of its family."""
+    """No config was given and none can be told from the file's tensor shapes."""
 
 
-def read_checkpoint(path: str | Path) -> Any:
-    """Load a checkpoint with ``torch.load(weights_only=True)`` on the CPU.
+# --------------------------------------------------------------------------- reading files
+
+
+def read_head(path: Path, source: str) -> bytes:
+    """First 512 bytes of `path` after checking it is a non-empty torch file or zip archive.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    CheckpointError
+        Empty file, an HTML/XML page (a download that saved an error or confirmation page), or
+        anything else that is neither a zip archive nor a pickle.
+    """
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint file not found: {source}")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{source} is empty (0 bytes): an interrupted download?")
+    with path.open("rb") as f:
+        head = f.read(512)
+    if head.startswith((ZIP_MAGIC, _PICKLE_MAGIC)):
+        return head
+    lowered = head.lstrip().lower()
+    if lowered.startswith(b"<") or any(marker in lowered for marker in _HTML_MARKERS):
+        raise CheckpointError(
+            f"{source} ({size} bytes) is an HTML/XML page, not a checkpoint: the download saved an "
+            "error, login or confirmation page (Google Drive shows one for large files) instead "
+            "of the file"
+        )
+    raise CheckpointError(
+        f"{source} ({size} bytes) is not a PyTorch checkpoint or zip archive: it starts with "
+        f"{head[:16]!r}"
+    )
+
+
+def open_zip(path: Path, source: str) -> zipfile.ZipFile:
+    """Open a zip archive; a `CheckpointError` names a truncated or corrupt one."""
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(
+            f"{source} ({path.stat().st_size} bytes) is not a readable zip archive (truncated or "
+            f"corrupt download?): {exc}"
+        ) from exc
+
+
+def torch_pickle_member(archive: zipfile.ZipFile) -> str | None:
+    """Name of the ``<folder>/data.pkl`` record that makes a zip a ``torch.save`` file."""
+    for name in archive.namelist():
+        parts = name.split("/")
+        if len(parts) == 2 and parts[1] == "data.pkl":
+            return name
+    return None
+
+
+def _scan_globals(path: Path, is_zip: bool, source: str) -> tuple[set[str], Exception | None]:
+    """Globals referenced by a torch file's pickles, and the parse error that stopped the scan."""
+    found: set[str] = set()
+    try:
+        if is_zip:
+            with open_zip(path, source) as archive:
+                member = torch_pickle_member(archive)
+                if member is None:
+                    raise CheckpointError(f"{source} is a zip archive but not a torch.save file")
+                with archive.open(member) as stream:
+                    pickle_globals(stream, found)
+        else:
+            with path.open("rb") as stream:
+                for _ in range(_LEGACY_PICKLES):
+                    pickle_globals(stream, found)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a parser over untrusted bytes: any failure means a bad file
+        return found, exc
+    return found, None
+
+
+def load_torch_file(path: Path, *, stubbed_packages: tuple[str, ...], source: str | None = None,
+                    head: bytes | None = None) -> Any:
+    """``torch.load(weights_only=True)`` of a torch file, objects of `stubbed_packages` inert.
 
     Parameters
     ----------
-    path : str or Path
-        The ``.pth`` / ``.pt`` file.
+    path : Path
+        A ``torch.save`` file (zip or legacy format).
+    stubbed_packages : tuple of str
+        Top-level packages (e.g. ``("mmengine",)``) whose pickled classes and functions become
+        `napari_focsam.models.safe_pickle.InertStub` subclasses; none of them is imported.
+    source : str, optional
+        What to call the file in messages (default: `path`).
+    head : bytes, optional
+        The file's first bytes from :func:`read_head` (read here when omitted).
 
     Returns
     -------
     object
-        Whatever the file holds (a state_dict, or a dict around one).
+        The unpickled content on the CPU. Tensors of a zip-format file are memory-mapped from
+        it (copy-on-write), so entries that are never used (e.g. optimizer state) are not read.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable, truncated or corrupt file, or a pickled global that is neither allowed by
+        ``torch.load(weights_only=True)``, a numpy array/scalar/dtype name, nor under
+        `stubbed_packages` (refused before anything is unpickled).
+    """
+    source = str(path) if source is None else source
+    head = read_head(path, source) if head is None else head
+    is_zip = head.startswith(ZIP_MAGIC)
+    found, scan_error = _scan_globals(path, is_zip, source)
+    extra, forbidden = resolve_globals(found, stubbed_packages)
+    if forbidden:
+        stubbed = ", ".join(stubbed_packages)
+        raise CheckpointError(
+            f"{source} refers to pickled Python objects that are not allowed: "
+            f"{_listing(forbidden)}. Only tensors, containers, numpy arrays/scalars"
+            + (f" and {stubbed} objects (read as inert stand-ins)" if stubbed else "")
+            + " are accepted; the file was not loaded and nothing in it was executed."
+        )
+    stubs = [name for obj, name in extra if isinstance(obj, type) and issubclass(obj, InertStub)]
+    if stubs:
+        logger.debug("%s: reading %s as inert stand-ins", source, _listing(stubs))
+    if scan_error is not None:
+        raise CheckpointError(
+            f"{source} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint "
+            f"(truncated or corrupt download?): {scan_error}"
+        ) from scan_error
+    try:
+        with torch.serialization.safe_globals(extra):
+            if is_zip:
+                try:
+                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except (RuntimeError, OSError) as exc:
+                    logger.debug("mmap load of %s failed (%s); reading it whole", source, exc)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        # torch wraps the reason in boilerplate about weights_only defaults: keep the reason.
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)",
+                           text, re.S)
+        reason = " ".join((detail.group(1) if detail else text).split())
+        raise CheckpointError(
+            f"{source} was refused by torch's weights-only unpickler (nothing in it was executed; "
+            f"a truncated or corrupt file can also cause this): {reason}"
+        ) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{source} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint "
+            f"(truncated or corrupt download?): {exc}"
+        ) from exc
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """Read a checkpoint file safely on the CPU, without building a model.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.pth`` / ``.pt`` file (zip or legacy ``torch.save`` format).
+
+    Returns
+    -------
+    object
+        Whatever the file holds (a state_dict, or a dict around one). Objects of
+        :data:`TRAINING_PACKAGES` (torch_em / micro-sam training checkpoints) come back as
+        inert stand-ins; zip-format tensors are memory-mapped (see :func:`load_torch_file`).
 
     Raises
     ------
@@ -54,35 +242,11 @@ def read_checkpoint(path: str | Path) -> Any:
         The file does not exist.
     CheckpointError
         Empty, truncated or corrupt file, not a PyTorch file, or a file holding pickled
-        Python objects other than tensors and containers.
+        Python objects other than tensors, containers, numpy values and training-framework
+        objects (refused before anything is unpickled).
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes): an interrupted download?")
-    with path.open("rb") as f:
-        head = f.read(4)
-    if not head.startswith(_TORCH_MAGICS):
-        raise CheckpointError(
-            f"{path} ({size} bytes) is not a PyTorch checkpoint: it starts with {head!r}, not a zip "
-            "archive or a pickle (an error page saved instead of the file?)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
-            raise CheckpointError(
-                f"{path} holds pickled Python objects besides tensors, which are not loaded for "
-                "safety (a FocSAM checkpoint is read when a FocSAM model is chosen)."
-            ) from exc
-        raise CheckpointError(f"{path} ({size} bytes) is not a PyTorch checkpoint: {exc}") from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{path} ({size} bytes) is not a readable PyTorch checkpoint (truncated or corrupt "
-            f"download?): {exc}"
-        ) from exc
+    return load_torch_file(path, stubbed_packages=TRAINING_PACKAGES)
 
 
 def tensor_keys(obj: Any) -> list[str]:

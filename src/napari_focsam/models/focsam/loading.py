@@ -6,18 +6,11 @@ possibly ``message_hub``, ``optimizer`` and ``param_schedulers``, where pickled 
 objects (``MessageHub``, ``HistoryBuffer``) and numpy values may appear. Only ``state_dict`` is
 kept.
 
-Safety: before anything is unpickled, every global the pickle refers to is listed by reading
-its opcodes (nothing is imported or called). The file is refused unless each one is
-
-* allowed by ``torch.load(weights_only=True)`` by default (tensor rebuilding, ``OrderedDict``,
-  torch dtypes and the like),
-* one of the numpy names needed for arrays, scalars and dtypes (:data:`NUMPY_GLOBALS`), or
-* a name under ``mmengine.``: it is bound to an inert stand-in class
-  (:class:`MmengineStub`) that only records the pickled arguments and state; mmengine is
-  never imported.
-
-Then the file is read with ``torch.load(weights_only=True)`` with just those names
-allowlisted, so torch's restricted unpickler checks every global again while loading.
+Safety: the file is read by `napari_focsam.models.checkpoint.load_torch_file` with
+``mmengine`` as the only stubbed package (see :mod:`napari_focsam.models.safe_pickle`): every
+global is listed from the pickle's opcodes before anything is unpickled, ``mmengine.*`` names
+become inert stand-ins (mmengine is never imported), numpy arrays and scalars and what
+``torch.load(weights_only=True)`` allows are accepted, anything else is refused.
 """
 
 from __future__ import annotations
@@ -25,23 +18,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
-import pickletools
-import re
 import shutil
 import tempfile
 import zipfile
-from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import torch
 
-from ...errors import MissingFileError
 from ...families import FOCSAM, detect_family, expect_family
-from ..checkpoint import CheckpointError, build_and_load, tensor_keys
+from ..checkpoint import (
+    ZIP_MAGIC,
+    CheckpointError,
+    build_and_load,
+    load_torch_file,
+    open_zip,
+    read_head,
+    tensor_keys,
+    torch_pickle_member,
+)
 from .config import FOCSAM_CONFIGS, FocSamConfig
 from .keys import REFINER_PREFIX, SAM_PREFIXES
 from .model import FocSamModel, build_focsam
@@ -49,10 +45,8 @@ from .model import FocSamModel, build_focsam
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "NUMPY_GLOBALS",
     "RELEASED_CHECKPOINT_NAME",
     "STUBBED_PACKAGES",
-    "MmengineStub",
     "infer_focsam_config",
     "is_focsam_checkpoint",
     "load_focsam",
@@ -66,100 +60,9 @@ STUBBED_PACKAGES: tuple[str, ...] = ("mmengine",)
 #: Released configs :func:`infer_focsam_config` can recognise.
 _RELEASED_CONFIGS = ("focsam_vit_h",)
 _CHECKPOINT_SUFFIXES = (".pth", ".pt")
-_ZIP_MAGIC = b"PK\x03\x04"
-_PICKLE_MAGIC = b"\x80"
-_HTML_MARKERS = (b"<!doctype", b"<html", b"<head", b"<body", b"<?xml")
-#: A legacy (non-zip) torch file is a magic number, a protocol version and sys_info, each
-#: pickled, then the pickled object; the storages' raw bytes follow.
-_LEGACY_PICKLES = 4
 _EXTRACT_CHUNK = 16 << 20
 _SPACE_MARGIN = 64 << 20
 _MAX_LISTED = 8
-_UNRESOLVED_GLOBAL = "<STACK_GLOBAL not resolvable statically>"
-
-
-def _numpy_globals() -> dict[str, Any]:
-    try:
-        from numpy._core import multiarray  # numpy >= 2 (and 1.26's forward shim)
-    except ImportError:  # pragma: no cover - numpy < 1.26
-        from numpy.core import multiarray
-    reconstruct, scalar = multiarray._reconstruct, multiarray.scalar
-    return {
-        "numpy.ndarray": np.ndarray,
-        "numpy.dtype": np.dtype,
-        # numpy 1.x writes numpy.core.*, numpy 2 numpy._core.*; both name the same functions.
-        "numpy.core.multiarray._reconstruct": reconstruct,
-        "numpy._core.multiarray._reconstruct": reconstruct,
-        "numpy.core.multiarray.scalar": scalar,
-        "numpy._core.multiarray.scalar": scalar,
-    }
-
-
-def _numpy_dtype_classes() -> dict[str, type]:
-    # numpy >= 1.25 makes each dtype an instance of a numpy.dtypes class, which torch must be
-    # allowed to BUILD (set the pickled dtype state on); older numpy has no such module.
-    module = getattr(np, "dtypes", None)
-    return {
-        f"numpy.dtypes.{name}": cls for name, cls in vars(module or object).items()
-        if isinstance(cls, type) and issubclass(cls, np.dtype) and cls is not np.dtype
-    }
-
-
-#: Numpy globals allowed in a checkpoint (arrays, scalars, dtypes), by pickled name.
-NUMPY_GLOBALS: dict[str, Any] = _numpy_globals()
-#: Classes of numpy dtype instances, allowed (by class, not as globals) when numpy is present.
-_NUMPY_DTYPE_CLASSES: dict[str, type] = _numpy_dtype_classes()
-
-
-class MmengineStub:
-    """Inert stand-in for a pickled mmengine object (or the result of a pickled mmengine call).
-
-    Subclasses named like the original (``__module__``, ``__qualname__``) are made per
-    checkpoint; they accept any constructor arguments and state and keep them as plain data,
-    running no mmengine code.
-
-    Attributes
-    ----------
-    pickled_args : tuple
-        Arguments given to the class when unpickling.
-    pickled_state : object
-        State given to ``__setstate__`` (usually the original ``__dict__``), or None.
-    """
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> MmengineStub:
-        obj = super().__new__(cls)
-        obj.__dict__.update(pickled_args=args, pickled_state=None)
-        return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        self.__dict__["pickled_state"] = state
-
-    def __repr__(self) -> str:
-        return f"<inert stand-in for {type(self).__module__}.{type(self).__qualname__}>"
-
-
-def _stub_class(full_name: str) -> type[MmengineStub]:
-    module, _, name = full_name.rpartition(".")
-    return type(name, (MmengineStub,), {"__module__": module, "__qualname__": name,
-                                        "__doc__": f"Inert stand-in for {full_name}."})
-
-
-def _is_stubbed(name: str) -> bool:
-    return any(name.startswith(package + ".") for package in STUBBED_PACKAGES)
-
-
-def _torch_default_globals() -> set[str] | None:
-    """Names ``torch.load(weights_only=True)`` allows by default, or None if torch hides them."""
-    try:
-        from torch import _weights_only_unpickler
-
-        return set(_weights_only_unpickler._get_allowed_globals())
-    except (ImportError, AttributeError):  # private API moved: torch's own check still applies
-        logger.warning("cannot list torch's weights_only allowlist; relying on torch.load's check")
-        return None
 
 
 def _listing(items: list[str]) -> str:
@@ -168,172 +71,9 @@ def _listing(items: list[str]) -> str:
     return shown + (f" (+{more} more)" if more > 0 else "")
 
 
-# --------------------------------------------------------------------------- reading the file
-
-
-def _read_head(path: Path, source: str) -> bytes:
-    """First bytes of ``path`` after checking it is a non-empty torch file or zip archive."""
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint file not found: {source}")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{source} is empty (0 bytes): an interrupted download?")
-    with path.open("rb") as f:
-        head = f.read(512)
-    if head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
-        return head
-    lowered = head.lstrip().lower()
-    if lowered.startswith(b"<") or any(marker in lowered for marker in _HTML_MARKERS):
-        raise CheckpointError(
-            f"{source} ({size} bytes) is an HTML/XML page, not a checkpoint: the download saved an "
-            "error, login or confirmation page (Google Drive shows one for large files) instead "
-            "of the file"
-        )
-    raise CheckpointError(
-        f"{source} ({size} bytes) is not a PyTorch checkpoint or zip archive: it starts with "
-        f"{head[:16]!r}"
-    )
-
-
-def _open_zip(path: Path, source: str) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-        raise CheckpointError(
-            f"{source} ({path.stat().st_size} bytes) is not a readable zip archive (truncated or "
-            f"corrupt download?): {exc}"
-        ) from exc
-
-
-def _torch_pickle_member(archive: zipfile.ZipFile) -> str | None:
-    """Name of the ``<folder>/data.pkl`` record that makes a zip a ``torch.save`` file."""
-    for name in archive.namelist():
-        parts = name.split("/")
-        if len(parts) == 2 and parts[1] == "data.pkl":
-            return name
-    return None
-
-
-def _global_name(module: str, name: str) -> str:
-    # Same Python 2 name fixes as torch's weights_only unpickler.
-    if (module, name) in NAME_MAPPING:
-        module, name = NAME_MAPPING[(module, name)]
-    elif module in IMPORT_MAPPING:
-        module = IMPORT_MAPPING[module]
-    return f"{module}.{name}"
-
-
-def _pickle_globals(stream: Any, found: set[str]) -> None:
-    """Add to ``found`` every global referenced by the next pickle in ``stream``.
-
-    Reads opcodes up to the pickle's STOP; nothing is imported or called.
-    """
-    recent: list[str | None] = []  # strings pushed by the latest opcodes (None: anything else)
-    memo: dict[int, str | None] = {}
-    for op, arg, _ in pickletools.genops(stream):
-        kind = op.name
-        if kind == "GLOBAL":
-            module, name = str(arg).split(" ", 1)
-            found.add(_global_name(module, name))
-            recent.append(None)
-        elif kind == "STACK_GLOBAL":
-            module, name = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
-            found.add(_global_name(module, name) if module and name else _UNRESOLVED_GLOBAL)
-            recent.append(None)
-        elif kind in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-            recent.append(str(arg))
-        elif kind == "MEMOIZE":
-            memo[len(memo)] = recent[-1] if recent else None
-        elif kind in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = recent[-1] if recent else None
-        elif kind in ("GET", "BINGET", "LONG_BINGET"):
-            recent.append(memo.get(int(arg)))
-        elif kind != "FRAME":
-            recent.append(None)
-        del recent[:-2]
-
-
-def _scan_globals(path: Path, is_zip: bool, source: str) -> tuple[set[str], Exception | None]:
-    """Globals referenced by a torch file's pickles, and the parse error that stopped the scan."""
-    found: set[str] = set()
-    try:
-        if is_zip:
-            with _open_zip(path, source) as archive:
-                member = _torch_pickle_member(archive)
-                if member is None:
-                    raise CheckpointError(f"{source} is a zip archive but not a torch.save file")
-                with archive.open(member) as stream:
-                    _pickle_globals(stream, found)
-        else:
-            with path.open("rb") as stream:
-                for _ in range(_LEGACY_PICKLES):
-                    _pickle_globals(stream, found)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # a parser over untrusted bytes: any failure means a bad file
-        return found, exc
-    return found, None
-
-
-def _allowlist(found: set[str], source: str) -> list[tuple[Callable[..., Any], str]]:
-    """Check the globals of a checkpoint; return the extra ``(object, name)`` pairs to allow."""
-    torch_defaults = _torch_default_globals()
-    allowed: list[tuple[Callable[..., Any], str]] = []
-    forbidden: list[str] = []
-    for name in sorted(found):
-        if name in NUMPY_GLOBALS:
-            allowed.append((NUMPY_GLOBALS[name], name))
-        elif _is_stubbed(name):
-            allowed.append((_stub_class(name), name))
-        elif torch_defaults is not None and name not in torch_defaults:
-            forbidden.append(name)
-    if any(name == "numpy.dtype" for _, name in allowed):
-        allowed.extend((cls, name) for name, cls in _NUMPY_DTYPE_CLASSES.items())
-    if forbidden:
-        raise CheckpointError(
-            f"{source} refers to pickled Python code that is not allowed: {_listing(forbidden)}. "
-            "Only tensors, containers, numpy arrays/scalars and mmengine objects (read as inert "
-            "stand-ins) are accepted; the file was not loaded and nothing in it was executed."
-        )
-    stubs = [name for _, name in allowed if _is_stubbed(name)]
-    if stubs:
-        logger.debug("%s: reading %s as inert stand-ins", source, ", ".join(stubs))
-    return allowed
-
-
 def _load_torch_file(path: Path, head: bytes, source: str) -> Any:
-    """``torch.load(weights_only=True)`` of a checked torch file, mmengine objects stubbed."""
-    is_zip = head.startswith(_ZIP_MAGIC)
-    found, scan_error = _scan_globals(path, is_zip, source)
-    extra = _allowlist(found, source)
-    if scan_error is not None:
-        raise CheckpointError(
-            f"{source} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint "
-            f"(truncated or corrupt download?): {scan_error}"
-        ) from scan_error
-    try:
-        with torch.serialization.safe_globals(extra):
-            if is_zip:
-                # Memory-mapped: tensors not kept (e.g. optimizer state) are never read.
-                try:
-                    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except (RuntimeError, OSError) as exc:
-                    logger.debug("mmap load of %s failed (%s); reading it whole", source, exc)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        # torch wraps the reason in boilerplate about weights_only defaults: keep the reason.
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", text, re.S)
-        reason = " ".join((detail.group(1) if detail else text).split())
-        raise CheckpointError(
-            f"{source} was refused by torch's weights-only unpickler (nothing in it was executed; "
-            f"a truncated or corrupt file can also cause this): {reason}"
-        ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"{source} ({path.stat().st_size} bytes) is not a readable PyTorch checkpoint "
-            f"(truncated or corrupt download?): {exc}"
-        ) from exc
+    """A checked torch file loaded with mmengine objects as inert stand-ins."""
+    return load_torch_file(path, stubbed_packages=STUBBED_PACKAGES, source=source, head=head)
 
 
 def _is_focsam_state_dict(obj: object) -> bool:
@@ -437,14 +177,14 @@ def _extracted(archive: zipfile.ZipFile, info: zipfile.ZipInfo, near: Path,
 
 
 def _read_from_archive(path: Path) -> dict[str, torch.Tensor]:
-    with _open_zip(path, str(path)) as archive:
+    with open_zip(path, str(path)) as archive:
         info = _member_choice(archive, str(path))
         source = f"{path}:{info.filename}"
         with _extracted(archive, info, path.parent, source) as member:
-            head = _read_head(member, source)
-            if head.startswith(_ZIP_MAGIC):
-                with _open_zip(member, source) as inner:
-                    if _torch_pickle_member(inner) is None:
+            head = read_head(member, source)
+            if head.startswith(ZIP_MAGIC):
+                with open_zip(member, source) as inner:
+                    if torch_pickle_member(inner) is None:
                         raise CheckpointError(
                             f"{source} is a zip archive, not a torch.save checkpoint")
             loaded = _load_torch_file(member, head, source)
@@ -486,10 +226,10 @@ def read_focsam_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     source = str(path)
-    head = _read_head(path, source)
-    if head.startswith(_ZIP_MAGIC):
-        with _open_zip(path, source) as archive:
-            is_torch_file = _torch_pickle_member(archive) is not None
+    head = read_head(path, source)
+    if head.startswith(ZIP_MAGIC):
+        with open_zip(path, source) as archive:
+            is_torch_file = torch_pickle_member(archive) is not None
         if not is_torch_file:
             return _read_from_archive(path)
     return _state_dict_of(_load_torch_file(path, head, source), source)

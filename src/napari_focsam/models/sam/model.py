@@ -6,14 +6,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SamConfig
+from .config import SamConfig, TinyViTConfig, ViTEncoderConfig
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder, MaskDecoderOutput
 from .prompt_encoder import PromptEncoder
+from .tiny_vit import ImageEncoderTinyViT
+
+
+def build_image_encoder(cfg: ViTEncoderConfig | TinyViTConfig) -> nn.Module:
+    """SAM's ViT or MobileSAM's TinyViT image encoder for an encoder config.
+
+    Both map ``B x 3 x S x S`` to ``B x out_chans x G x G`` (``G = cfg.grid_size``).
+    """
+    if isinstance(cfg, TinyViTConfig):
+        return ImageEncoderTinyViT(cfg)
+    return ImageEncoderViT(cfg)
 
 
 class SamModel(nn.Module):
     """SAM (segment-anything 1.0), state_dict-compatible with the official checkpoints.
+
+    The image encoder is SAM's ViT or MobileSAM's TinyViT, as `config.encoder` says; both give
+    ``B x C x G x G`` embeddings for the same prompt encoder and mask decoder.
 
     Parameters
     ----------
@@ -33,7 +47,7 @@ class SamModel(nn.Module):
     ) -> None:
         super().__init__()
         self.config = config
-        self.image_encoder = image_encoder or ImageEncoderViT(config.encoder)
+        self.image_encoder = image_encoder or build_image_encoder(config.encoder)
         self.prompt_encoder = prompt_encoder or PromptEncoder(
             config.prompt_embed_dim, config.image_embedding_size, config.image_size,
             config.mask_in_chans,
