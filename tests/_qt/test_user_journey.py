@@ -34,10 +34,10 @@ class OracleTracker:
         self.cond: dict[int, dict[int, np.ndarray]] = {}
         self.masks: dict[int, dict[int, np.ndarray]] = {}
 
-    def add_mask(self, frame, obj_id, mask):
+    def add_mask(self, frame, obj_id, mask, result=True):
         self.cond.setdefault(obj_id, {})[frame] = np.asarray(mask, bool)
         self.masks.setdefault(obj_id, {})[frame] = np.asarray(mask, bool)
-        return self._result(frame, 1, 1)
+        return self._result(frame, 1, 1) if result else None
 
     def _result(self, t, done, total):
         ids = tuple(self.cond)

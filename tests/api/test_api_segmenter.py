@@ -22,6 +22,7 @@ from api_helpers import (
     object_center,
 )
 
+from napari_focsam.api.drawing import Location
 from napari_focsam.api.models import load_model
 from napari_focsam.api.prompts_file import ObjectPrompt
 from napari_focsam.api.segmenter import Progress, PromptPlacementError, Segmenter
@@ -442,15 +443,22 @@ def test_draw_object_keeps_the_click_session_between_calls(sam, sam2, tmp_path):
     one = ObjectPrompt(3, 1, np.array([[8.0, 20.0]]), np.array([1]))
     two = ObjectPrompt(3, 1, np.array([[8.0, 20.0], [15.0, 10.0]]), np.array([1, 0]))
     seg.draw_object(one)
-    first_step = seg._sessions[3][1].steps[0]
+    assert seg.drawer.current == Location(1)
+    first_step = seg.drawer.session(3, Location(1)).steps[0]
     mask = seg.draw_object(two)
-    session = seg._sessions[3][1]
+    session = seg.drawer.session(3, Location(1))
     assert len(session.steps) == 2 and session.steps[0] is first_step  # prefix not recomputed
     fresh = Segmenter(_tiny_stack(), interactive=sam, propagation=sam2, stack_axis=0,
                       cache_root=False)
     np.testing.assert_array_equal(mask, fresh.draw_object(two))  # same as replaying all clicks
     seg.draw_object(ObjectPrompt(3, 0, np.array([[8.0, 20.0]]), np.array([1])))
-    assert seg._sessions[3][1] is not session  # another frame: a new session
+    assert seg.drawer.session(3, Location(0)) is not session  # another frame: its own session
+    assert seg.drawer.session(3, Location(1)) is session  # kept for going back to frame 1
+    assert seg.draw_object(two, keep_session=True) is not None
+    assert seg.drawer.session(3, Location(1)).steps[0] is first_step
+    seg.draw_object(ObjectPrompt(4, 1, np.array([[8.0, 20.0]]), np.array([1])),
+                    keep_session=False)
+    assert seg.drawer.session(4, Location(1)) is None  # batch drawing keeps no session
     assert not seg.labels.any()  # previews never write labels
 
 

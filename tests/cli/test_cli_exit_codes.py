@@ -113,6 +113,7 @@ BUGS = {
     "bench sam2": (["bench", "sam2"], "napari_focsam.benchmarks.sam2.run_sam2_benchmark"),
     "bench sam2-memory": (["bench", "sam2-memory"],
                           "napari_focsam.benchmarks.sam2.run_memory_benchmark"),
+    "bench tiling": (["bench", "tiling"], "napari_focsam.benchmarks.tiling.run_tiling_benchmark"),
 }
 
 

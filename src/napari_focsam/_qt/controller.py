@@ -135,7 +135,7 @@ class SegmentationController(QObject):
         choices = self._choices
         return SegmenterSpec(image_data(choices.image), self._generation, axes, choices.interactive,
                              choices.propagation if axes.propagates else None, choices.device,
-                             choices.dtype, self.cache_root)
+                             choices.dtype, self.cache_root, choices.tiling)
 
     def prompt_layers(self) -> list:
         """The chosen prompt layers."""

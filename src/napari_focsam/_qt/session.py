@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..api.models import RANDOM_WEIGHTS, LoadedModel, load_model
 from ..api.segmenter import Segmenter
+from ..engine.tiling import Tiling
 from ..errors import UserError
 from ..families import ModelChoiceError, Role
 from .axes import AxesError, AxisOption, ImageAxes
@@ -75,6 +76,8 @@ class SetupChoices:
     interactive, propagation : ModelChoice
     device, dtype : str
         As `load_model` takes them.
+    tiling : Tiling
+        Tiles for frames larger than the interactive model's input.
     """
 
     image: object
@@ -83,6 +86,7 @@ class SetupChoices:
     propagation: ModelChoice
     device: str = "auto"
     dtype: str = "auto"
+    tiling: Tiling = Tiling()
 
     def axes(self) -> ImageAxes:
         """The axis layout of `image` with the chosen `stack`.
@@ -120,6 +124,8 @@ class SegmenterSpec:
         As `load_model` takes them.
     cache_root : path, None or False
         The embeddings' disk cache (None: default; False: RAM only).
+    tiling : Tiling
+        Tiles for frames larger than the interactive model's input.
     """
 
     data: object
@@ -130,13 +136,14 @@ class SegmenterSpec:
     device: str = "auto"
     dtype: str = "auto"
     cache_root: object = None
+    tiling: Tiling = Tiling()
 
     @property
     def key(self) -> tuple:
         """What the segmenter is built from, but `data` (compared by identity) and
         `propagation` (attached later)."""
         return (self.generation, self.axes, self.interactive, self.device, self.dtype,
-                str(self.cache_root))
+                str(self.cache_root), self.tiling)
 
     def same_segmenter(self, other: SegmenterSpec | None) -> bool:
         """Whether `other` calls for the same segmenter: the same data object and equal keys."""
@@ -250,7 +257,7 @@ class SegmenterHolder:
         axes = spec.axes
         self._segmenter = Segmenter(spec.data, interactive=interactive, stack_axis=axes.stack_axis,
                                     channel_axis=axes.channel_axis, outer_axis=axes.outer_axis,
-                                    cache_root=cache_root)
+                                    cache_root=cache_root, tiling=spec.tiling)
         self._spec = spec
         self._propagation = None
         logger.info("segmenter ready: %s, axes %s", spec.interactive.model_id, axes)

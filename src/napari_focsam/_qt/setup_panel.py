@@ -1,4 +1,5 @@
-"""The "Setup" section: models (with their weights), device, precision, image and axes."""
+"""The "Setup" section: models (with their weights), device, precision, tiling, image and
+axes."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import logging
 
 from napari.layers import Image
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 from superqt import QCollapsible
 
+from ..engine.tiling import TILING_MODES, Tiling
 from .axes import AxesError, ImageAxes, StackKind, axis_options
 from .layer_combo import LayerCombo
 from .layout import ElidingComboBox
@@ -23,8 +25,13 @@ __all__ = ["SetupPanel"]
 logger = logging.getLogger(__name__)
 
 
+#: The halo box's value meaning "the default" (1/8 of the tile).
+AUTO_HALO = -1
+
+
 class SetupPanel(QWidget):
-    """Model, image and axis choices; device, precision and random weights under "Advanced".
+    """Model, image and axis choices; device, precision, tiling and random weights under
+    "Advanced".
 
     Parameters
     ----------
@@ -77,19 +84,38 @@ class SetupPanel(QWidget):
         self.dtype_combo.addItems(["auto", "fp32", "bf16"])
         self.dtype_combo.setMinimumContentsLength(4)
         self.dtype_combo.setToolTip("Precision of the image encoders (auto: bf16 where it is fast)")
+        self.tiling_combo = ElidingComboBox()
+        self.tiling_combo.addItems(list(TILING_MODES))
+        self.tiling_combo.setMinimumContentsLength(4)
+        self.tiling_combo.setToolTip(
+            "Images larger than the model input (1024 px): auto / on encode them as overlapping "
+            "tiles at full resolution (each tile when first clicked in), so small objects keep "
+            "their detail; off resizes the whole image to 1024 px. Objects wider than a tile "
+            "are drawn on the whole image; propagation always uses whole images")
+        self.halo_spin = QSpinBox()
+        self.halo_spin.setRange(AUTO_HALO, 480)
+        self.halo_spin.setSingleStep(16)
+        self.halo_spin.setSuffix(" px")
+        self.halo_spin.setSpecialValueText("auto")
+        self.halo_spin.setValue(AUTO_HALO)
+        self.halo_spin.setToolTip("Context around every pixel in some tile (tiles overlap by "
+                                  "twice this); auto: 1/8 of the tile, 128 px")
         settings = QWidget()
         settings_form = QFormLayout(settings)
         settings_form.setContentsMargins(0, 0, 0, 0)
         settings_form.addRow("Device", self.device_combo)
         settings_form.addRow("Precision", self.dtype_combo)
+        settings_form.addRow("Tiling", self.tiling_combo)
+        settings_form.addRow("Tile halo", self.halo_spin)
         settings_form.addRow(self.models.random_check)
         advanced = QCollapsible("Advanced")
         advanced.addWidget(settings)
         layout.addWidget(advanced)
         self._options = []
         self.models.changed.connect(self._emit_changed)
-        for combo in (self.device_combo, self.dtype_combo, self.stack_combo):
+        for combo in (self.device_combo, self.dtype_combo, self.tiling_combo, self.stack_combo):
             combo.currentIndexChanged.connect(self._emit_changed)
+        self.halo_spin.valueChanged.connect(self._emit_changed)
         self.stack_combo.currentIndexChanged.connect(self._describe_axes)
         self.image_combo.layer_changed.connect(self._on_image)
         self._on_image(self.image_combo.current_layer())
@@ -104,7 +130,12 @@ class SetupPanel(QWidget):
         stack = self._options[index] if 0 <= index < len(self._options) else None
         return SetupChoices(self.image_layer(), stack, self.models.interactive_choice(),
                             self.models.propagation_choice(), self.device_combo.currentText(),
-                            self.dtype_combo.currentText())
+                            self.dtype_combo.currentText(), self.tiling())
+
+    def tiling(self) -> Tiling:
+        """The tiling chosen under "Advanced"."""
+        halo = self.halo_spin.value()
+        return Tiling(self.tiling_combo.currentText(), halo=None if halo == AUTO_HALO else halo)
 
     def axes(self) -> ImageAxes:
         """The axis layout chosen for the image layer.

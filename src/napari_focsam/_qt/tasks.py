@@ -126,16 +126,16 @@ def _loading(holder: SegmenterHolder, spec: SegmenterSpec, *,
 
 
 def _encoding_note(seg, prompt: ObjectPrompt) -> str | None:
-    """A status line when drawing `prompt` first has to encode its frame (seconds on a CPU)."""
-    if prompt.mask is not None and len(prompt.points_rc) == 0 and prompt.box_rc is None:
-        return None  # a mask prompt alone is the object: no model call
+    """A status line when drawing `prompt` first has to encode its frame or tile (seconds on a
+    CPU)."""
     try:
-        flat = seg.flat_frame(prompt.frame, prompt.outer)
-        if seg.stores["interactive"].is_cached(flat):
+        if not seg.needs_encoding(prompt):
             return None
     except UserError:  # reported by draw_object
         return None
     where = "the image" if prompt.frame is None else f"slice {prompt.frame}"
+    if seg.tile_grid is not None:
+        where = f"a tile of {where}"
     return f"Computing the embedding of {where} with {seg.interactive.model_id}…"
 
 
@@ -158,7 +158,8 @@ def embed_task(holder: SegmenterHolder, spec: SegmenterSpec, *,
     models = [f"{seg.interactive.model_id} (interactive)"]
     if seg.propagation is not None and seg.propagation is not seg.interactive:
         models.append(f"{seg.propagation.model_id} (propagation)")
-    yield Status(f"Computing the embeddings of {len(seg.source)} frame(s) with "
+    tiles = "" if seg.tile_grid is None else f" ({seg.tile_grid.n_tiles} tiles each)"
+    yield Status(f"Computing the embeddings of {len(seg.source)} frame(s){tiles} with "
                  f"{' and '.join(models)}…")
     for progress in seg.embed(cancel_event=cancel_event):
         yield progress

@@ -5,10 +5,14 @@
 - :mod:`.prompts_file` -- CSV / JSON prompts (points and boxes per object and frame),
 - :mod:`.segmenter` -- `Segmenter`: one image or z / t stack, cached embeddings, objects drawn
   on frames and propagated through the stack into labels,
+- :mod:`.drawing` -- `ObjectDrawer`: one object on one frame, on the whole frame or on the tile
+  holding its prompts (`Tiling`: tiles for frames larger than the model input),
 - :mod:`.io` -- lazy reading of image files, atomic label writing.
 """
 
+from ..engine.tiling import Tiling, TilingError
 from ..families import ModelChoiceError
+from .drawing import Location, ObjectDrawer
 from .io import (
     ImageInfo,
     InputError,
@@ -28,13 +32,17 @@ __all__ = [
     "ImageInfo",
     "InputError",
     "LoadedModel",
+    "Location",
     "ModelChoiceError",
+    "ObjectDrawer",
     "ObjectPrompt",
     "OutputError",
     "Progress",
     "PromptPlacementError",
     "PromptsFileError",
     "Segmenter",
+    "Tiling",
+    "TilingError",
     "check_output_path",
     "group_prompts",
     "load_model",

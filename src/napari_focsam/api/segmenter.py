@@ -4,7 +4,10 @@
 SAM 2) that draws objects from prompts on a frame through its engine predictor
 (`napari_focsam.engine.interactive`), and for stacks a *propagation* model (SAM 2) that
 carries every object through the stack. Encoder features come from embedding stores (RAM +
-disk cache), so each frame is encoded once per model, ever.
+disk cache), so each frame is encoded once per model, ever. Frames larger than the interactive
+model's input are also cut into overlapping tiles (`napari_focsam.engine.tiling.Tiling`), each
+encoded at full resolution when first needed; objects are drawn on the tile that holds their
+prompts (see :mod:`.drawing`). Propagation always works on whole frames.
 
 Labels are ``(n_frames, H, W)`` internally (frames flat, outer-major for 4D data; int32, or
 int64 once an object id needs it), allocated when a frame is first written, and are returned
@@ -29,10 +32,11 @@ from ..engine.cancel import Interrupted, stop_on
 from ..engine.precision import autocast_context
 from ..engine.propagation import VideoPropagator
 from ..engine.propagation_state import PropagationOptions
-from ..engine.session import ClickSession
+from ..engine.tiling import TileGrid, Tiling
 from ..errors import UserError
 from ..families import ModelChoiceError, Role
-from ..store import EmbeddingStore, StackSource
+from ..store import EmbeddingStore, StackSource, TileSource, tiled_content_hash
+from .drawing import ObjectDrawer
 from .io import check_fits_in_memory
 from .models import LoadedModel
 from .prompts_file import MAX_OBJECT_ID, ObjectPrompt
@@ -60,8 +64,9 @@ class Progress:
     Attributes
     ----------
     stage : str
-        ``"embed:<role>"``, ``"propagate"`` (units: frames), ``"segment"`` or ``"prompt"``
-        (units: objects drawn / entered into the propagation model).
+        ``"embed:<role>"``, ``"propagate"`` (units: frames), ``"embed:tiles"`` (units: tiles
+        of the interactive model), ``"segment"`` or ``"prompt"`` (units: objects drawn /
+        entered into the propagation model).
     done, total : int
         Units finished and planned.
     frame : int or None
@@ -95,12 +100,26 @@ class Segmenter:
         Disk cache precision.
     options : PropagationOptions, optional
         Propagation behaviour (default: sticky corrections, non-overlapping objects).
+    tiling : Tiling, optional
+        Tiles for frames larger than the interactive model's input (default ``Tiling()``:
+        automatic, tiles of the model input's size with a 1/8 halo; ``Tiling("off")`` resizes
+        every frame to the model input as SAM does).
+
+    Attributes
+    ----------
+    tile_grid : TileGrid or None
+        The tiles of every frame (None: frames are not tiled).
+    tile_store : EmbeddingStore or None
+        The interactive model's per-tile features (items: ``frame * n_tiles + tile``).
+    drawer : ObjectDrawer
+        Draws objects with the interactive model (whole frames or tiles, click sessions).
     """
 
     def __init__(self, data, *, interactive: LoadedModel, propagation: LoadedModel | None = None,
                  stack_axis: int | None = None, channel_axis: int | None = None,
                  outer_axis: int | None = None, cache_root=None, ram_bytes: int = 1 << 30,
-                 disk_dtype: str = "float32", options: PropagationOptions | None = None) -> None:
+                 disk_dtype: str = "float32", options: PropagationOptions | None = None,
+                 tiling: Tiling | None = None) -> None:
         if not interactive.can(Role.INTERACTIVE):
             raise ModelChoiceError(f"{interactive.model_id!r} ({interactive.family.title}) cannot "
                                    "be the interactive model")
@@ -110,8 +129,9 @@ class Segmenter:
         self.propagation: LoadedModel | None = None
         self.options = options or PropagationOptions()
         self._store_kw = {"cache_root": cache_root, "ram_bytes": ram_bytes, "disk_dtype": disk_dtype}
-        self.stores: dict[str, EmbeddingStore] = {
-            "interactive": EmbeddingStore(self.source, interactive.stack_encoder(), **self._store_kw)}
+        encoder = interactive.stack_encoder()
+        whole = EmbeddingStore(self.source, encoder, **self._store_kw)
+        self.stores: dict[str, EmbeddingStore] = {"interactive": whole}
         h, w = self.source.frame_shape
         channels = min(self.source.n_channels, 3)
         check_fits_in_memory(h * w * (channels * self.source.dtype.itemsize + _FRAME_WORK_BYTES),
@@ -120,11 +140,28 @@ class Segmenter:
             self.set_propagation(propagation)
         self._labels: np.ndarray | None = None
         self._label_dtype = np.dtype(np.int32)
-        #: The interactive model's engine predictor (its frame: `_predictor_frame`).
-        self.predictor = interactive.interactive_predictor()
-        #: Click sessions by object id (with their box), valid for `_predictor_frame` only.
-        self._sessions: dict[int, tuple[tuple | None, ClickSession]] = {}
-        self._predictor_frame: int | None = None
+        predictor = interactive.interactive_predictor()
+        self.tiling = Tiling() if tiling is None else tiling
+        self.tile_grid: TileGrid | None = self.tiling.grid(self.source.frame_shape,
+                                                           predictor.image_size)
+        self.tile_store: EmbeddingStore | None = None
+        if self.tile_grid is not None:
+            grid = self.tile_grid
+            self.tile_store = EmbeddingStore(
+                TileSource(self.source, grid), encoder,
+                content_hash=lambda: tiled_content_hash(whole.content_hash, grid),
+                **self._store_kw)
+            logger.info("frames of %s px are encoded as %d tiles of %s px (halo %d px) for %s",
+                        self.source.frame_shape, grid.n_tiles, grid.block, grid.halo,
+                        interactive.model_id)
+        self.drawer = ObjectDrawer(predictor, interactive.interactive_predictor, whole,
+                                   self.tile_store)
+
+    @property
+    def predictor(self):
+        """The interactive model's engine predictor used last (its frame or tile: the last one
+        drawn on; ``engine.interactive``)."""
+        return self.drawer.predictor
 
     def set_propagation(self, propagation: LoadedModel | None) -> None:
         """Use `propagation` as the propagation model from now on (None: none), e.g. once the
@@ -255,15 +292,39 @@ class Segmenter:
 
     # ------------------------------------------------------------------ embeddings
     def embed(self, frames: list[int] | None = None, *,
-              cancel_event: threading.Event | None = None) -> Iterator[Progress]:
+              cancel_event: threading.Event | None = None,
+              roles: Sequence[str] | None = None) -> Iterator[Progress]:
         """Compute (or find cached) the features of every frame for each model.
 
-        A generator of `Progress`; stop it or set `cancel_event` to cancel (finished frames
-        stay cached).
+        With tiles, the interactive model's tiles come first (``"embed:tiles"``, in tiles),
+        then its whole frames (used when an object does not fit a tile), then the propagation
+        model's frames. A generator of `Progress`; stop it or set `cancel_event` to cancel
+        (finished frames and tiles stay cached).
+
+        Parameters
+        ----------
+        frames : list of int, optional
+            Flat frame indices (default: all).
+        cancel_event : threading.Event, optional
+        roles : sequence of str, optional
+            ``"interactive"`` (its tiles included) and / or ``"propagation"``; default both.
         """
+        roles = tuple(self.stores) if roles is None else tuple(roles)
+        frames = None if frames is None else list(frames)
+        unknown = [r for r in roles if r not in ("interactive", "propagation")]
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}: 'interactive' or 'propagation'")
+        if "interactive" in roles and self.tile_store is not None:
+            tiles = self.tile_store.source
+            assert isinstance(tiles, TileSource)
+            indices = tiles.items_of(range(len(self.source)) if frames is None else frames)
+            for p in self.tile_store.compute(indices, cancel_event=cancel_event):
+                yield Progress("embed:tiles", p.done, p.total, tiles.split(p.frame)[0])
+            if cancel_event is not None and cancel_event.is_set():
+                return
         seen = set()
         for role, store in self.stores.items():
-            if id(store) in seen:
+            if id(store) in seen or role not in roles:
                 continue
             seen.add(id(store))
             for p in store.compute(frames, cancel_event=cancel_event):
@@ -271,14 +332,27 @@ class Segmenter:
 
     @property
     def encoder_calls(self) -> int:
-        """Frames encoded by this segmenter's stores so far (cache hits excluded)."""
-        return sum(s.encoder_calls for s in {id(s): s for s in self.stores.values()}.values())
+        """Frames and tiles encoded by this segmenter's stores so far (cache hits excluded)."""
+        stores = {id(s): s for s in self.stores.values()}
+        if self.tile_store is not None:
+            stores[id(self.tile_store)] = self.tile_store
+        return sum(s.encoder_calls for s in stores.values())
+
+    def needs_encoding(self, prompt: ObjectPrompt) -> bool:
+        """Whether drawing `prompt` first has to run the interactive model's encoder (on its
+        frame, or on the tile its prompts fall in); False for a mask prompt alone."""
+        if _mask_only(prompt):
+            return False
+        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
+        points = np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2)
+        return self.drawer.needs_encoding(self.flat_frame(prompt.frame, prompt.outer), points, box)
 
     # ------------------------------------------------------------------ one frame
     def _mask_from_interactive(self, prompt: ObjectPrompt, flat: int, *, keep: bool = True,
                                cancel_event: threading.Event | None = None) -> np.ndarray:
         """``(H, W)`` bool: the object drawn by the interactive model on frame `flat` (a mask
-        prompt without points or box is the object itself).
+        prompt without points or box is the object itself), on the tile that holds its
+        prompts when the frame is tiled (see `ObjectDrawer.draw`).
 
         With `keep`, a new click session of the object is kept for the next call (the live
         preview); without, only an existing one is reused and updated (batch drawing keeps no
@@ -287,37 +361,26 @@ class Segmenter:
         """
         if _mask_only(prompt):
             return np.asarray(prompt.mask).astype(bool, copy=True)
+        box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
+        points = np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2)
         with stop_on(cancel_event, self.interactive.net):
-            predictor = self.predictor
-            if self._predictor_frame != flat:
-                predictor.set_frame(self.stores["interactive"].features(flat),
-                                    self.source.frame_shape)
-                self._predictor_frame = flat
-                self._sessions.clear()  # sessions on another frame are stale
-            box = None if prompt.box_rc is None else np.asarray(prompt.box_rc, dtype=np.float64)
-            if len(prompt.points_rc) == 0:
-                self._sessions.pop(prompt.obj_id, None)
-                return predictor.predict(box=box, multimask=False).masks[0]
-            box_key = None if box is None else tuple(box.tolist())
-            cached = self._sessions.get(prompt.obj_id)
-            if cached is None or cached[0] != box_key:
-                cached = (box_key, predictor.start_session(box=box))
-                if keep:
-                    self._sessions[prompt.obj_id] = cached
-                else:
-                    self._sessions.pop(prompt.obj_id, None)
-            session = cached[1]
-            session.set_clicks(np.asarray(prompt.points_rc, dtype=np.float64).reshape(-1, 2),
-                               np.asarray(prompt.labels).reshape(-1))
-            return session.mask
+            return self.drawer.draw(flat, prompt.obj_id, points, np.asarray(prompt.labels),
+                                    box, keep=keep)
 
-    def draw_object(self, prompt: ObjectPrompt) -> np.ndarray:
+    def draw_object(self, prompt: ObjectPrompt, *, keep_session: bool = True) -> np.ndarray:
         """One object's mask on its frame, from its prompts (the live preview of a widget).
 
-        The object's click session is kept between calls on the same frame: a call whose clicks
-        extend (or edit the end of) the previous call's recomputes only the changed clicks, so
-        FocSAM refines once, from the second click on, and SAM 2 gets its interactive protocol
-        (each click with the previous step's logits). Nothing is written to `labels`.
+        The object's click session is kept between calls on the same frame (or tile): a call
+        whose clicks extend (or edit the end of) the previous call's recomputes only the changed
+        clicks, so FocSAM refines once, from the second click on, and SAM 2 gets its interactive
+        protocol (each click with the previous step's logits). Nothing is written to `labels`.
+
+        Parameters
+        ----------
+        prompt : ObjectPrompt
+        keep_session : bool
+            Keep the object's click session for the next call (False: draw many objects once
+            each without holding their sessions' full-size logits).
 
         Returns
         -------
@@ -325,7 +388,8 @@ class Segmenter:
             ``(H, W)`` bool.
         """
         self.check_prompt(prompt)
-        return self._mask_from_interactive(prompt, self.flat_frame(prompt.frame, prompt.outer))
+        return self._mask_from_interactive(prompt, self.flat_frame(prompt.frame, prompt.outer),
+                                           keep=keep_session)
 
     def segment_frame(self, prompts: list[ObjectPrompt], frame: int | None = None,
                       outer: int | None = None) -> np.ndarray:
@@ -409,9 +473,11 @@ class Segmenter:
                   report_objects: bool = False) -> Iterator[Progress]:
         """Carry every prompted object through its stack, writing `labels` frame by frame.
 
-        Prompts enter SAM 2 directly when SAM 2 is also the interactive model (clicks one at a
-        time, as in `draw_object`); otherwise each object is drawn by the interactive model on
-        its prompted frame(s) and enters SAM 2 as a mask prompt. Frames are written to `labels`
+        Prompts enter SAM 2 directly when SAM 2 is also the interactive model and frames are not
+        tiled (clicks one at a time, as in `draw_object`); otherwise each object is drawn by the
+        interactive model on its prompted frame(s) (on its tile, at full resolution, when
+        frames are tiled) and enters SAM 2 as a mask prompt. Propagation itself runs on whole
+        frames (resized to SAM 2's input). Frames are written to `labels`
         as they are done; stopping the generator or setting `cancel_event` (which stops the
         models within a block) keeps them (labels of frames not reached are unchanged).
         Objects painted over by later ids, wholly or in part, are named in a warning at the end.
@@ -476,7 +542,7 @@ class Segmenter:
         done = 0
         prompted = 0
         paint_log = _PaintLog()
-        direct = self.interactive is self.propagation
+        direct = self.interactive is self.propagation and self.tile_grid is None
         try:
             for index, (outer, group) in enumerate(groups):
                 view = self.stores["propagation"].view(outer)

@@ -1,9 +1,9 @@
 """``napari-focsam bench all``: every benchmark in one run, as JSON and a markdown report.
 
 Runs the SAM encoder + click, FocSAM refine, SAM 2 propagation (1 / 3 / 10 objects, fp32 and
-bf16) and SAM 2 memory-over-stack-length benchmarks with their real model sizes (random
-weights), or tiny configs with ``quick=True`` (a smoke test of the machinery, seconds long;
-its figures mean nothing).
+bf16), SAM 2 memory-over-stack-length and tiling (stand-in model) benchmarks with their real
+model sizes (random weights), or tiny configs with ``quick=True`` (a smoke test of the
+machinery, seconds long; its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
         run_memory_benchmark,
         run_sam2_benchmark,
     )
+    from .tiling import format_tiling_table, run_tiling_benchmark
 
     if quick:
         sam = {"model": "sam_test_tiny", "image_hw": (128, 128), "repeats": 1}
@@ -51,12 +52,14 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
                 "passes": 1}
         memory = {"model_name": "sam2_test_tiny", "image_size": 128, "frames": 30,
                   "sample_every": 10, "compare_unbounded": False}
+        tiling = {"size": 1536, "n": 30, "isolate": False}
     else:
         sam = {"model": "sam_vit_b", "repeats": 3}
         focsam = {"model": "focsam_vit_h", "repeats": 3}
         sam2 = {"model_name": "sam2.1_hiera_tiny", "frames": 9, "objects": (1, 3, 10), "passes": 1}
         memory = {"model_name": "sam2.1_hiera_tiny", "image_size": 256, "frames": 500,
                   "sample_every": 25}
+        tiling = {"size": 4096, "n": 300}
     return [
         ("sam", lambda: run_sam_benchmark(device=device, **sam), format_sam_table),
         ("focsam", lambda: run_refiner_benchmark(device=device, threads=threads, **focsam),
@@ -65,6 +68,7 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
          format_sam2_table),
         ("sam2-memory", lambda: run_memory_benchmark(device=device, threads=threads, **memory),
          format_memory_table),
+        ("tiling", lambda: run_tiling_benchmark(**tiling), format_tiling_table),
     ]
 
 
@@ -87,7 +91,7 @@ def run_suite(out_dir: str | Path, *, quick: bool = False, device: str = "cpu",
     threads : int, optional
         Torch CPU threads.
     only : tuple of str, optional
-        Subset of ``("sam", "focsam", "sam2", "sam2-memory")``.
+        Subset of ``("sam", "focsam", "sam2", "sam2-memory", "tiling")``.
     """
     import torch
 
@@ -125,7 +129,7 @@ def suite_markdown(report: dict) -> str:
         f"Measured {report['started']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} "
         f"torch threads, native bf16: {m['cpu_native_bf16']}, GPU: {m.get('cuda') or 'none'}), "
         f"torch {m['torch']}, Python {m['python']}. Random weights (speed does not depend on "
-        "them).",
+        "them); the tiling benchmark uses a stand-in model with SAM's geometry.",
     ]
     if report["quick"]:
         lines += ["", "**Quick mode: tiny configs, a smoke test: the figures mean nothing.**"]

@@ -25,13 +25,15 @@ Each subcommand is a module of this package with an ``add_parser(subparsers)`` f
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from . import bench, embed, evaluate, evaluate_stack, propagate, segment, weights
 from .exits import configure_logging, exit_codes_epilog, run_command
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "run"]
 
 _DESCRIPTION = ("napari-focsam without napari: model weights, embeddings, segmentation, "
                 "propagation, evaluation and benchmarks.")
@@ -58,3 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     return run_command(args)
+
+
+def run() -> None:
+    """The ``napari-focsam`` program: `main`, then exit with its code (a Ctrl-C while the
+    finished process exits is ignored: it cannot undo the work)."""
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

@@ -13,6 +13,9 @@ bench sam2
     SAM 2 image-encoder time and propagation time per frame (1 and 3 objects, fp32 / bf16).
 bench sam2-memory
     Resident memory while propagating through a long synthetic stack (flat when bounded).
+bench tiling
+    Small nuclei on a large synthetic field, one click each: tiled against resized embeddings
+    (mean IoU, nuclei found, time, peak memory), with a stand-in model of SAM's geometry.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     suite.add_argument("--quick", action="store_true",
                        help="tiny configs: checks the machinery in seconds (figures mean nothing)")
     suite.add_argument("--only", type=_names, default=None,
-                       help="comma-separated subset of sam,focsam,sam2,sam2-memory")
+                       help="comma-separated subset of sam,focsam,sam2,sam2-memory,tiling")
     set_command(suite, _all, interrupted="bench.json and bench.md in --out hold the "
                                          "benchmarks finished so far")
 
@@ -84,6 +87,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     mem.add_argument("--no-unbounded", action="store_true",
                      help="skip the unbounded run shown for contrast")
     set_command(mem, _sam2_memory, interrupted=_NOTHING_WRITTEN)
+
+    tiling = targets.add_parser(
+        "tiling", help="tiled vs resized embeddings on a large field of small nuclei",
+        parents=[threads_option(), json_option()])
+    tiling.add_argument("--size", type=int, default=4096, help="side of the field (default 4096)")
+    tiling.add_argument("--nuclei", type=int, default=300, help="nuclei in the field (default 300)")
+    tiling.add_argument("--seed", type=int, default=0, help="seed of the field")
+    tiling.add_argument("--tile-size", type=int, default=None,
+                        help="tile side of the tiled run (default: the model input, 1024)")
+    tiling.add_argument("--tile-halo", type=int, default=None,
+                        help="halo of the tiled run (default: 1/8 of the tile)")
+    tiling.add_argument("--in-process", action="store_true",
+                        help="run both modes in this process (faster start; where the peak "
+                             "RSS cannot be reset, it is then the process's so far)")
+    set_command(tiling, _tiling, interrupted=_NOTHING_WRITTEN)
     return bench
 
 
@@ -170,3 +188,12 @@ def _sam2_memory(args: argparse.Namespace) -> int:
                                   objects=args.objects, model_name=args.model,
                                   compare_unbounded=not args.no_unbounded, device=args.device)
     return _print_figures(args, result, format_memory_table(result))
+
+
+def _tiling(args: argparse.Namespace) -> int:
+    from ..benchmarks.tiling import format_tiling_table, run_tiling_benchmark
+
+    _use_threads(args.threads)
+    result = run_tiling_benchmark(args.size, args.nuclei, seed=args.seed, tile=args.tile_size,
+                                  halo=args.tile_halo, isolate=not args.in_process)
+    return _print_figures(args, result, format_tiling_table(result))

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 __all__ = ["axis_options", "cache_options", "device_options", "json_option", "model_options",
            "prompts_options", "quiet_option", "set_command", "show_progress", "stack_kind_option",
-           "threads_option"]
+           "threads_option", "tiling_options"]
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -140,6 +140,24 @@ def cache_options() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="keep embeddings in RAM only")
     p.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32",
                    help="disk cache precision")
+    return p
+
+
+def tiling_options() -> argparse.ArgumentParser:
+    """Tiles for frames larger than the model input: ``--tiling``, ``--tile-size``,
+    ``--tile-halo``."""
+    p = _parent()
+    p.add_argument("--tiling", choices=("auto", "on", "off"), default="auto", type=str.lower,
+                   help="encode frames larger than the interactive model's input (1024 px) as "
+                        "overlapping tiles at full resolution: auto (default: when a frame is "
+                        "larger than the input), on (when larger than --tile-size), off (resize "
+                        "every frame to the input, as SAM does). Propagation always uses whole "
+                        "frames")
+    p.add_argument("--tile-size", type=int, default=None, metavar="PX",
+                   help="tile side in pixels (default: the model input, 1024)")
+    p.add_argument("--tile-halo", type=int, default=None, metavar="PX",
+                   help="context kept around every pixel; tiles overlap by twice this "
+                        "(default: 1/8 of the tile, 128 px)")
     return p
 
 

@@ -10,15 +10,19 @@ anything else is a bug: one line points to the log file holding its traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..errors import report_internal_error
 
 __all__ = ["EXIT_CODES", "Exit", "ExitRule", "configure_logging", "exit_code", "exit_codes_epilog",
-           "run_command"]
+           "ignoring_interrupts", "run_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +133,21 @@ def run_command(args: argparse.Namespace) -> int:
             logger.debug("details", exc_info=exc)
         sys.stderr.write(f"napari-focsam: {message}\n")
         return int(code)
+
+
+@contextlib.contextmanager
+def ignoring_interrupts() -> Iterator[None]:
+    """Ignore Ctrl-C (SIGINT) inside the block, in the main thread: for what follows a complete
+    output, so an interruption can neither lie ("nothing written") nor turn success into a
+    failure. Elsewhere (other threads) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class _ConsoleFormatter(logging.Formatter):

@@ -15,6 +15,7 @@ from .common import (
     quiet_option,
     set_command,
     show_progress,
+    tiling_options,
 )
 from .segmenter import build_segmenter, check_output, write_labels
 
@@ -26,7 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "propagate", help="carry prompted objects through the stack -> labels",
         parents=[axis_options(), prompts_options(), model_options(propagation=True),
-                 device_options(), cache_options(), quiet_option()])
+                 device_options(), cache_options(), tiling_options(), quiet_option()])
     p.add_argument("--direction", choices=("both", "forward", "backward"), default="both")
     set_command(p, run, interrupted="no output written (cached embeddings are kept)")
     return p

@@ -14,6 +14,7 @@ from .common import (
     quiet_option,
     set_command,
     show_progress,
+    tiling_options,
 )
 from .segmenter import build_segmenter, check_output, write_labels
 
@@ -25,7 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "segment", help="draw objects from a prompts file -> labels TIFF",
         parents=[axis_options(), prompts_options(), model_options(), device_options(),
-                 cache_options(), quiet_option()])
+                 cache_options(), tiling_options(), quiet_option()])
     set_command(p, run, interrupted="no output written (cached embeddings are kept)")
     return p
 

@@ -11,13 +11,15 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from .exits import ignoring_interrupts
 
 if TYPE_CHECKING:
     from ..api.io import ImageInfo
     from ..api.models import LoadedModel
     from ..api.segmenter import Segmenter
+    from ..engine.tiling import Tiling
 
-__all__ = ["build_segmenter", "check_output", "load_models", "write_labels"]
+__all__ = ["build_segmenter", "check_output", "load_models", "tiling_of", "write_labels"]
 
 
 def load_models(args: argparse.Namespace, with_propagation: bool, *,
@@ -91,10 +93,25 @@ def _stack_axes(args: argparse.Namespace, data: Any,
     return axis, channel_axis, args.outer_axis
 
 
+def tiling_of(args: argparse.Namespace) -> Tiling:
+    """The `Tiling` of `common.tiling_options` (the defaults for a command without them).
+
+    Raises
+    ------
+    TilingError
+        Unusable sizes (e.g. a halo of half the tile or more).
+    """
+    from ..engine.tiling import Tiling
+
+    return Tiling(getattr(args, "tiling", "auto"), tile=getattr(args, "tile_size", None),
+                  halo=getattr(args, "tile_halo", None))
+
+
 def build_segmenter(args: argparse.Namespace, with_propagation: bool, *,
                     with_interactive: bool = True) -> Segmenter:
     """The `Segmenter` of ``args.input`` with the options of `common.model_options`,
-    `common.axis_options`, `common.device_options` and `common.cache_options`.
+    `common.axis_options`, `common.device_options`, `common.cache_options` and
+    `common.tiling_options`.
 
     The propagation model is loaded only for stacks (``segmenter.propagation`` is None for a
     2D image). Without `with_interactive` the interactive model is not loaded: the
@@ -103,6 +120,7 @@ def build_segmenter(args: argparse.Namespace, with_propagation: bool, *,
     from ..api.io import open_image, read_image_info
     from ..api.segmenter import Segmenter
 
+    tiling = tiling_of(args)  # before any work: its errors are the user's
     data = open_image(args.input)
     axis, channel_axis, outer_axis = _stack_axes(args, data, read_image_info(args.input))
     with_propagation = with_propagation and axis is not None
@@ -115,7 +133,7 @@ def build_segmenter(args: argparse.Namespace, with_propagation: bool, *,
                      propagation=propagation if with_propagation else None, stack_axis=axis,
                      channel_axis=channel_axis, outer_axis=outer_axis,
                      cache_root=False if args.no_cache else args.cache_dir,
-                     disk_dtype=args.cache_dtype)
+                     disk_dtype=args.cache_dtype, tiling=tiling)
 
 
 def check_output(args: argparse.Namespace) -> None:
@@ -138,6 +156,7 @@ def write_labels(seg: Segmenter, args: argparse.Namespace) -> int:
                        stack_kind=args.stack_kind)
     labels = seg.labels_in_data_order()
     write_labels_tiff(args.output, labels, axes=axes, info=info)
-    sys.stdout.write(f"labels {labels.shape} ({axes}) with objects {present_ids(labels)} "
-                     f"written to {args.output}\n")
+    with ignoring_interrupts():  # the file is complete
+        sys.stdout.write(f"labels {labels.shape} ({axes}) with objects {present_ids(labels)} "
+                         f"written to {args.output}\n")
     return 0

@@ -9,6 +9,7 @@
 - :mod:`.focsam_predictor` -- the FocSAM predictor (SAM's API plus per-object refinement),
 - :mod:`.sam2_image_predictor` -- SAM 2 in image mode (its interactive protocol on one frame),
 - :mod:`.session` -- click sessions: one object's clicks, undo and edits,
+- :mod:`.tiling` -- tiles of frames larger than the model input: settings and geometry,
 - :mod:`.frame_features`, :mod:`.propagation`, :mod:`.propagation_state`, :mod:`.holes` --
   SAM 2 propagation through a stack.
 """
@@ -29,6 +30,7 @@ from .prompts import PromptError, Prompts, validate_prompts
 from .sam2_image_predictor import Sam2ImagePredictor
 from .sam_predictor import PredictorStateError, SamPredictor
 from .session import Click, ClickSession, SessionStep, StaleSessionError
+from .tiling import TileGrid, Tiling, TilingError
 from .transforms import (
     box_rc_to_model_xyxy,
     longest_side_shape,
@@ -53,6 +55,9 @@ __all__ = [
     "SamPredictor",
     "SessionStep",
     "StaleSessionError",
+    "TileGrid",
+    "Tiling",
+    "TilingError",
     "autocast_context",
     "box_rc_to_model_xyxy",
     "cpu_has_native_bf16",

@@ -65,6 +65,9 @@ class InteractivePredictor(Protocol):
         Bumped whenever the frame changes (click sessions of an older frame become stale).
     original_size : tuple of int or None
         ``(H, W)`` of the current frame.
+    image_size : int
+        Side of the model's square input (1024): larger frames are seen resized to it (or
+        tiled, see :mod:`.tiling`).
     mask_input_size : int
         Side ``M`` of the low-resolution logits a `mask_input` must have.
     """
@@ -73,6 +76,9 @@ class InteractivePredictor(Protocol):
 
     @property
     def original_size(self) -> tuple[int, int] | None: ...
+
+    @property
+    def image_size(self) -> int: ...
 
     @property
     def mask_input_size(self) -> int: ...

@@ -75,6 +75,11 @@ class Sam2ImagePredictor:
         return self._original_size
 
     @property
+    def image_size(self) -> int:
+        """Side of the square model input (1024)."""
+        return int(self.model.image_size)
+
+    @property
     def mask_input_size(self) -> int:
         """Side of the low-resolution logits (256 at a 1024 input)."""
         return int(self.model.config.low_res_mask_size)

@@ -10,7 +10,8 @@
 - :mod:`.encoders`, :mod:`.sam2_encoder` -- SAM / FocSAM and SAM 2 adapters (encode in
   batches, rebuild the predictors' features),
 - :mod:`.embedding_store` -- `EmbeddingStore`, tying them together (a propagation
-  ``FeatureProvider``), and :mod:`.views` -- its progress steps and per-outer-index views.
+  ``FeatureProvider``), and :mod:`.views` -- its progress steps and per-outer-index views,
+- :mod:`.tiles` -- the tiles of a stack's large frames as the items of a store.
 """
 
 from .cache_spec import (
@@ -32,6 +33,7 @@ from .hashing import cache_key, content_hash
 from .ram_cache import RamCache, estimate_nbytes
 from .sam2_encoder import Sam2Encoder
 from .stack_source import StackError, StackSource
+from .tiles import TileSource, tiled_content_hash
 from .views import ComputeProgress, StackView
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "StackError",
     "StackSource",
     "StackView",
+    "TileSource",
     "apply_limits",
     "cache_key",
     "content_hash",
@@ -58,4 +61,5 @@ __all__ = [
     "estimate_nbytes",
     "model_fingerprint",
     "resolve_cache_root",
+    "tiled_content_hash",
 ]

@@ -6,7 +6,8 @@ content hash, the encoder's model id and its preprocessing version. ``store(i)``
 return the consumer's features of frame ``i`` (RAM, else disk, else encode); `compute` is a
 generator that fills the cache in batches and can be cancelled at any time. It implements the
 propagation engine's ``FeatureProvider`` protocol (``__call__`` and ``__len__``), and
-`EmbeddingStore.view` gives one provider per outer index of a t x z hyperstack.
+`EmbeddingStore.view` gives one provider per outer index of a t x z hyperstack. Over a
+`TileSource` its items are the tiles of the frames (see :mod:`.tiles`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .encoder_base import FrameEncoder
 from .hashing import cache_key, content_hash
 from .ram_cache import RamCache
 from .stack_source import StackSource
+from .tiles import TileSource
 from .views import ComputeProgress, StackView
 
 __all__ = ["EmbeddingStore"]
@@ -41,8 +43,8 @@ class EmbeddingStore:
 
     Parameters
     ----------
-    source : StackSource
-        The frames.
+    source : StackSource or TileSource
+        The frames (or the tiles of the frames: the store's items are then tiles).
     encoder : FrameEncoder
         E.g. `SamEncoder`, `Sam2Encoder`.
     cache_root : path-like, None or False
@@ -60,9 +62,10 @@ class EmbeddingStore:
     strict : bool
         Raise `CacheMismatchError` / `CacheCorruptError` on an unusable disk entry instead of
         rebuilding it.
-    content_hash : str or None
-        Caller-provided identity of the content; None hashes every frame's pixels (on first
-        use: reads the whole stack once, slice by slice).
+    content_hash : str, callable or None
+        Caller-provided identity of the content, or a function returning it (called once, on
+        first use; e.g. the tiles' identity derived from the whole frames' store); None hashes
+        every frame's pixels (on first use: reads the whole stack once, slice by slice).
 
     Attributes
     ----------
@@ -70,11 +73,11 @@ class EmbeddingStore:
         Frames actually encoded (all batches), for tests and benchmarks.
     """
 
-    def __init__(self, source: StackSource, encoder: FrameEncoder, *,
+    def __init__(self, source: StackSource | TileSource, encoder: FrameEncoder, *,
                  cache_root: str | os.PathLike[str] | None | bool = None,
                  ram_bytes: int = 1 << 30, ram_items: int | None = None,
                  disk_dtype: str = "float32", batch_size: int = 1, strict: bool = False,
-                 content_hash: str | None = None) -> None:
+                 content_hash: str | Callable[[], str] | None = None) -> None:
         if disk_dtype not in ("float32", "float16"):
             raise ValueError(f"disk_dtype must be 'float32' or 'float16', got {disk_dtype!r}.")
         if batch_size < 1:
@@ -112,7 +115,11 @@ class EmbeddingStore:
         """Hash of the stack's content (computed on first use)."""
         with self._lock:
             if self._content_hash is None:
+                if not isinstance(self.source, StackSource):
+                    raise TypeError("a store over tiles needs its content_hash")
                 self._content_hash = content_hash(self.source)
+            elif callable(self._content_hash):
+                self._content_hash = self._content_hash()
             return self._content_hash
 
     @property
@@ -339,6 +346,8 @@ class EmbeddingStore:
 
     def view(self, outer: int) -> StackView:
         """The frames along the stack axis at one outer index (a ``FeatureProvider``)."""
+        if not isinstance(self.source, StackSource):
+            raise TypeError("a store over tiles has no per-outer-index views")
         return StackView(self, outer)
 
     def __repr__(self) -> str:

@@ -185,16 +185,32 @@ class StackSource:
         return i % n
 
     # ------------------------------------------------------------------ reading
-    def raw(self, index: int) -> np.ndarray:
-        """The raw pixels of frame `index`, read lazily.
+    def raw(self, index: int, rows: tuple[int, int] | None = None,
+            cols: tuple[int, int] | None = None) -> np.ndarray:
+        """The raw pixels of frame `index` (or of a region of it), read lazily.
+
+        Parameters
+        ----------
+        index : int
+            Flat frame index.
+        rows, cols : tuple of int or None
+            Half-open pixel ranges ``(start, stop)`` of a region; None: the whole axis. Only
+            the region is read from the array-like (one slice per spatial axis).
 
         Returns
         -------
         np.ndarray
-            ``(H, W, C')`` in the data's dtype, ``C' = min(C, 3)`` (1 without a channel axis).
+            ``(h, w, C')`` in the data's dtype, ``C' = min(C, 3)`` (1 without a channel axis);
+            ``(h, w)`` is the region's size (the frame's without one).
         """
         outer, stack = self.split_index(index)
+        h, w = self.frame_shape
         key: list[Any] = [slice(None)] * len(self.shape)
+        if rows is not None:
+            key[self._spatial[0]] = slice(*self._check_range(rows, h, "rows"))
+        if cols is not None:
+            key[self._spatial[1]] = slice(*self._check_range(cols, w, "cols"))
+        rows, cols = self._check_range(rows, h, "rows"), self._check_range(cols, w, "cols")
         if self.stack_axis is not None:
             key[self.stack_axis] = stack
         if self.outer_axis is not None:
@@ -207,11 +223,20 @@ class StackSource:
         else:
             kept = [a for a in range(len(self.shape)) if a not in (self.stack_axis, self.outer_axis)]
             arr = np.moveaxis(arr, kept.index(self.channel_axis), -1)
-        expected = (*self.frame_shape, min(self.n_channels, 3))
+        expected = (rows[1] - rows[0], cols[1] - cols[0], min(self.n_channels, 3))
         if arr.shape != expected:
             raise StackError(f"reading frame {index} gave shape {arr.shape}, expected {expected}; "
                              "the array-like does not slice like numpy.")
         return arr
+
+    @staticmethod
+    def _check_range(span: tuple[int, int] | None, size: int, name: str) -> tuple[int, int]:
+        if span is None:
+            return 0, size
+        start, stop = (int(v) for v in span)
+        if not 0 <= start < stop <= size:
+            raise IndexError(f"{name} {tuple(span)} is not a range inside 0..{size}")
+        return start, stop
 
     @property
     def limits(self) -> list[Limits]:
@@ -248,8 +273,26 @@ class StackSource:
         dropped. uint8 keeps its values, bool maps to 0 / 255, other dtypes use `limits`.
         NaN / inf pixels become 0; an all-NaN frame becomes black (with a warning).
         """
-        raw = self.raw(index)
-        h, w = self.frame_shape
+        return self._rgb(self.raw(index), f"frame {index}")
+
+    def region(self, index: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """A region of frame `index` as ``(h, w, 3)`` uint8 RGB: exactly
+        ``self[index][rows[0]:rows[1], cols[0]:cols[1]]`` (the stack's contrast `limits`), but
+        reading only the region from the array-like.
+
+        Parameters
+        ----------
+        index : int
+            Flat frame index.
+        rows, cols : tuple of int
+            Half-open pixel ranges ``(start, stop)``.
+        """
+        return self._rgb(self.raw(index, rows, cols), f"region {rows} x {cols} of frame {index}")
+
+    def _rgb(self, raw: np.ndarray, what: int | str) -> np.ndarray:
+        """``(h, w, C')`` raw pixels (of `what`, for messages) -> ``(h, w, 3)`` uint8 (see
+        `__getitem__`)."""
+        h, w = raw.shape[:2]
         n = raw.shape[-1]
         if self.dtype == np.uint8:
             if n >= 3:
@@ -260,8 +303,7 @@ class StackSource:
         else:
             limits = self.limits
             if self.dtype.kind == "f" and not np.isfinite(raw).any():
-                logger.warning("frame %d has no finite values; it is encoded as a black frame",
-                               index)
+                logger.warning("%s has no finite values; it is encoded as black", what)
             planes = [apply_limits(raw[..., c], limits[c]) for c in range(n)]
         if len(planes) == 1:
             planes = planes * 3
