@@ -46,3 +46,22 @@ def test_a_micro_sam_model_with_a_local_file_segments(image_and_prompts, tmp_pat
     assert code == 0, capsys.readouterr().err
     assert tifffile.imread(out).shape == (96, 128)
     assert "written to" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model_id, config", [("vit_l_lm", "sam_vit_l"),
+                                               ("vit_h_histopathology", "sam_vit_h")])
+def test_large_micro_sam_models_load_from_a_torch_em_file(tmp_path, model_id, config):
+    """ViT-L and ViT-H fine-tunes in torch_em's layout load with every key and shape checked
+    (the full pipeline is covered on ViT-B and ViT-T above; encoding these sizes would take
+    minutes on a CPU)."""
+    import torch
+
+    from napari_focsam.api.models import load_model
+
+    state = fine_tuned_state(config, seed=3)
+    weights = write_torch_em(tmp_path / f"{model_id}.pt", state)
+    loaded = load_model(model_id, weights=weights, device="cpu", dtype="fp32")
+    assert loaded.net.config.name == config
+    key = "image_encoder.blocks.0.attn.qkv.weight"
+    assert torch.equal(loaded.net.state_dict()[key], state[key])
+    assert loaded.stack_encoder().model_id.startswith(f"{config}:{loaded.weights_id[:24]}")
