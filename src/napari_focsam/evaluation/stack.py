@@ -25,11 +25,15 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..api.io import OutputError, write_problem
 from .dataset_files import DatasetError
+
+if TYPE_CHECKING:
+    from .ctc_scores import CtcScores
 
 __all__ = ["ObjectScore", "StackScore", "check_ground_truth", "evaluate_stack", "object_ranks",
            "write_stack_report"]
@@ -213,8 +217,10 @@ def evaluate_stack(pred: np.ndarray, gt: np.ndarray,
     return StackScore(objects, mean_j, fps)
 
 
-def write_stack_report(score: StackScore, out_dir: str | Path, settings: dict | None = None) -> Path:
-    """Write ``per_frame.csv`` (gt_id, pred_id, frame, iou) and ``summary.json``, atomically.
+def write_stack_report(score: StackScore, out_dir: str | Path, settings: dict | None = None,
+                       ctc: CtcScores | None = None) -> Path:
+    """Write ``per_frame.csv`` (gt_id, pred_id, frame, iou) and ``summary.json`` (with the
+    Cell Tracking Challenge measures under ``"ctc"`` when `ctc` is given), atomically.
 
     Returns
     -------
@@ -228,7 +234,7 @@ def write_stack_report(score: StackScore, out_dir: str | Path, settings: dict | 
     """
     out = Path(out_dir)
     try:
-        _write_report(score, out, settings)
+        _write_report(score, out, settings, ctc)
     except OSError as exc:
         raise OutputError(f"cannot write the report in {out}: {write_problem(exc, out)} "
                           f"({exc})") from exc
@@ -237,7 +243,7 @@ def write_stack_report(score: StackScore, out_dir: str | Path, settings: dict | 
     return out
 
 
-def _write_report(score: StackScore, out: Path, settings: dict | None) -> None:
+def _write_report(score: StackScore, out: Path, settings: dict | None, ctc: CtcScores | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [(o.gt_id, o.pred_id, t, j) for o in score.objects for t, j in zip(o.frames, o.iou,
                                                                               strict=True)]
@@ -248,6 +254,8 @@ def _write_report(score: StackScore, out: Path, settings: dict | None) -> None:
         "false_positive_ids": score.false_positive_ids,
         "settings": settings or {},
     }
+    if ctc is not None:
+        summary["ctc"] = ctc.to_dict()
     for name, writer in (("per_frame.csv", lambda fh: _write_csv(fh, rows)),
                          ("summary.json", lambda fh: json.dump(summary, fh, indent=2))):
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
