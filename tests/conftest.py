@@ -1,8 +1,8 @@
 """Shared test configuration: discovery of the official parity fixtures.
 
 A test that takes an argument ``sam1_fixture`` (or ``focsam_fixture``, ``sam2_fixture``,
-``tinyvit_fixture``) runs once per matching ``<kind>_*.pt`` file and is skipped when none is
-found. Files are looked for in ``$FOCSAM_PARITY_DIR`` when it is set, else in
+``tinyvit_fixture``, ``amg_fixture``) runs once per matching ``<kind>_*.pt`` file and is skipped
+when none is found. Files are looked for in ``$FOCSAM_PARITY_DIR`` when it is set, else in
 ``<repo>/../shared/parity`` and in the repository's own ``tests/parity`` (small fixtures
 shipped with the code, recorded by ``scripts/parity/``); a name found in both is taken from the
 first.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PARITY_KINDS = ("sam1", "focsam", "sam2", "tinyvit")
+PARITY_KINDS = ("sam1", "focsam", "sam2", "tinyvit", "amg")
 
 
 def parity_dirs() -> list[Path]:
@@ -29,8 +29,8 @@ def parity_dirs() -> list[Path]:
 
 
 def parity_files(kind: str) -> list[Path]:
-    """Every fixture file of ``kind`` (``sam1``, ``focsam``, ``sam2``, ``tinyvit``), sorted by
-    name; a name present in several folders is taken from the first."""
+    """Every fixture file of ``kind`` (``sam1``, ``focsam``, ``sam2``, ``tinyvit``, ``amg``),
+    sorted by name; a name present in several folders is taken from the first."""
     found: dict[str, Path] = {}
     for folder in parity_dirs():
         for path in sorted(folder.glob(f"{kind}_*.pt")):
@@ -87,4 +87,11 @@ def sam2_fixture(request: pytest.FixtureRequest) -> dict:
 @pytest.fixture
 def tinyvit_fixture(request: pytest.FixtureRequest) -> dict:
     """A loaded ``tinyvit_*.pt`` fixture (dict) with its ``path`` added."""
+    return _fixture_loader(request)
+
+
+@pytest.fixture
+def amg_fixture(request: pytest.FixtureRequest) -> dict:
+    """A loaded ``amg_*.pt`` fixture (automatic mask generation, ``amg_sam1_*`` and
+    ``amg_sam2_*``) with its ``path`` added."""
     return _fixture_loader(request)

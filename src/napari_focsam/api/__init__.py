@@ -7,11 +7,13 @@
   on frames and propagated through the stack into labels,
 - :mod:`.drawing` -- `ObjectDrawer`: one object on one frame, on the whole frame or on the tile
   holding its prompts (`Tiling`: tiles for frames larger than the model input),
+- :mod:`.automatic` -- "segment everything": new objects from a grid of clicks on frames,
 - :mod:`.io` -- lazy reading of image files, atomic label writing.
 """
 
 from ..engine.tiling import Tiling, TilingError
 from ..families import ModelChoiceError
+from .automatic import default_params, segment_everything, segment_everything_stack
 from .drawing import Location, ObjectDrawer
 from .io import (
     ImageInfo,
@@ -44,10 +46,13 @@ __all__ = [
     "Tiling",
     "TilingError",
     "check_output_path",
+    "default_params",
     "group_prompts",
     "load_model",
     "open_image",
     "read_image_info",
     "read_prompts",
+    "segment_everything",
+    "segment_everything_stack",
     "write_labels_tiff",
 ]

@@ -9,14 +9,17 @@
 - :mod:`.focsam_predictor` -- the FocSAM predictor (SAM's API plus per-object refinement),
 - :mod:`.sam2_image_predictor` -- SAM 2 in image mode (its interactive protocol on one frame),
 - :mod:`.session` -- click sessions: one object's clicks, undo and edits,
+- :mod:`.automatic` -- automatic mask generation (a grid of clicks, filters, crops, NMS), with
+  :mod:`.nms` (box non-maximum suppression) and :mod:`.regions` (small holes and islands),
 - :mod:`.tiling` -- tiles of frames larger than the model input: settings and geometry,
 - :mod:`.frame_features`, :mod:`.propagation`, :mod:`.propagation_state`, :mod:`.holes` --
   SAM 2 propagation through a stack.
 """
 
+from .automatic import AutoMask, AutoMaskParams, AutoMaskParamsError, AutomaticMaskGenerator
 from .focsam_predictor import FocSamPredictor
 from .image import ImageError, to_rgb_uint8
-from .interactive import InteractivePredictor, MaskPrediction
+from .interactive import BatchPrediction, BatchPredictor, InteractivePredictor, MaskPrediction
 from .precision import (
     DeviceError,
     DtypeError,
@@ -40,6 +43,12 @@ from .transforms import (
 )
 
 __all__ = [
+    "AutoMask",
+    "AutoMaskParams",
+    "AutoMaskParamsError",
+    "AutomaticMaskGenerator",
+    "BatchPrediction",
+    "BatchPredictor",
     "Click",
     "ClickSession",
     "DeviceError",

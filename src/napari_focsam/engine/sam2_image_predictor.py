@@ -24,13 +24,14 @@ from ..models.sam2.model import Sam2FrameFeatures
 from .frame_features import sam2_model_input
 from .holes import fill_small_holes
 from .image import to_rgb_uint8
-from .interactive import MASK_THRESHOLD, MaskPrediction
+from .interactive import MASK_THRESHOLD, BatchPrediction, MaskPrediction, check_batch_prompts
 from .precision import autocast_context, resolve_device, resolve_encoder_dtype
 from .prompts import Prompts, validate_prompts
 from .propagation import PREV_LOGIT_CLAMP
 from .sam_predictor import PredictorStateError
 
 if TYPE_CHECKING:
+    from .automatic import AutoMaskParams
     from .session import ClickSession
 
 __all__ = ["Sam2ImagePredictor"]
@@ -39,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Prompt-encoder labels of a box's top-left and bottom-right corners.
 BOX_CORNER_LABELS = (2, 3)
+#: The official image predictor returns low-resolution logits clamped to this.
+LOW_RES_CLAMP = 32.0
 
 
 class Sam2ImagePredictor:
@@ -184,3 +187,75 @@ class Sam2ImagePredictor:
         logits_np = logits[0].cpu().numpy()
         return MaskPrediction(masks=logits_np > MASK_THRESHOLD, scores=score.cpu().numpy(),
                               low_res_logits=low[0].cpu().numpy(), logits=logits_np)
+
+    # ------------------------------------------------------------------ batched decoding
+    @torch.no_grad()
+    def predict_batch(self, points: np.ndarray, labels: np.ndarray, *, multimask: bool = True,
+                      mask_input: np.ndarray | torch.Tensor | None = None,
+                      min_region_area: int = 0) -> BatchPrediction:
+        """Decode ``B`` prompt sets on the frame in one pass, as sam2's `SAM2ImagePredictor`
+        does for its automatic mask generator (``_predict``).
+
+        Unlike `predict` (the video predictor's protocol), the requested outputs are returned
+        as they are: three masks in multimask mode (single-mask mode: the decoder's own
+        stability fallback), no object-score gating. The frame's features get the no-memory
+        embedding as in `predict` (what the official image predictor does for every released
+        model).
+
+        Parameters
+        ----------
+        points : array-like
+            ``(B, N, 2)`` (row, col) frame pixels.
+        labels : array-like
+            ``(B, N)`` 1 / 0.
+        multimask : bool
+            Three masks per prompt set instead of one.
+        mask_input : array-like or None
+            ``(B, 1, M, M)`` logits (e.g. ``low_res_logits`` of an earlier call), used as given.
+        min_region_area : int
+            The official ``max_hole_area`` = ``max_sprinkle_area``: background holes and
+            foreground specks of at most this many low-resolution pixels are flipped
+            (`engine.regions.clean_low_res_logits`) before upscaling; 0: none.
+
+        Returns
+        -------
+        BatchPrediction
+            ``scores (B, K)``, ``low_res_logits (B, K, M, M)`` clamped to +-32 (official), and
+            the unclamped logits bilinearly resized to the frame on request.
+        """
+        from .regions import clean_low_res_logits
+
+        feats = self._require_frame()
+        assert self._original_size is not None
+        pts, labs = check_batch_prompts(points, labels, self._original_size, mask_input,
+                                        self.mask_input_size)
+        model = self.model
+        h, w = self._original_size
+        xy = torch.from_numpy(np.ascontiguousarray(pts[..., ::-1], dtype=np.float32))
+        coords = (xy / torch.tensor([w, h], dtype=torch.float32) * model.image_size).to(self.device)
+        labels_t = torch.from_numpy(labs.astype(np.int32)).to(self.device)
+        mask = None if mask_input is None else torch.as_tensor(mask_input).float().to(self.device)
+        with autocast_context(self.device, self.dtype):
+            pix = model.pix_without_memory(feats, 1)
+            sparse, dense = model.sam_prompt_encoder((coords, labels_t), None, mask)
+            out = model.sam_mask_decoder(pix, model.sam_prompt_encoder.get_dense_pe(), sparse,
+                                         dense, multimask_output=multimask, repeat_image=True,
+                                         high_res_features=list(feats.high_res) or None)
+        low = out.masks.float()  # (B, K, M, M)
+        size = self._original_size
+
+        def upscale(index: torch.Tensor) -> torch.Tensor:
+            chosen = low.flatten(0, 1)[index.to(low.device)]  # (n, M, M)
+            if min_region_area > 0:
+                chosen = clean_low_res_logits(chosen, min_region_area, min_region_area)
+            return F.interpolate(chosen[:, None], size, mode="bilinear",
+                                 align_corners=False)[:, 0]  # (n, H, W)
+
+        return BatchPrediction(out.iou_predictions.float(),
+                               low.clamp(-LOW_RES_CLAMP, LOW_RES_CLAMP), upscale)
+
+    def automatic_defaults(self) -> AutoMaskParams:
+        """sam2's `SAM2AutomaticMaskGenerator` defaults (`AutoMaskParams.sam2()`)."""
+        from .automatic import AutoMaskParams
+
+        return AutoMaskParams.sam2()

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import FocSamError
 from ..models.sam.mask_decoder import MaskDecoderOutput
 from .image import to_rgb_uint8
-from .interactive import MASK_THRESHOLD, MaskPrediction
+from .interactive import MASK_THRESHOLD, BatchPrediction, MaskPrediction, check_batch_prompts
 from .precision import autocast_context, fp32_context, resolve_device, resolve_encoder_dtype
 from .prompts import Prompts, validate_prompts
 from .transforms import (
@@ -29,6 +29,7 @@ from .transforms import (
 )
 
 if TYPE_CHECKING:
+    from .automatic import AutoMaskParams
     from .session import ClickSession
 
 __all__ = ["PredictorStateError", "SamPredictor"]
@@ -459,3 +460,68 @@ class SamPredictor:
             Embeddings for the object's next steps (None: the image's).
         """
         return self.decode(prompts, multimask=False, embeddings=embeddings), embeddings
+
+    # ------------------------------------------------------------------ batched decoding
+    @torch.no_grad()
+    def predict_batch(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        *,
+        multimask: bool = True,
+        mask_input: np.ndarray | torch.Tensor | None = None,
+        min_region_area: int = 0,
+    ) -> BatchPrediction:
+        """Decode ``B`` prompt sets on the current image in one pass (the official
+        ``SamPredictor.predict_torch``), e.g. the single clicks of automatic mask generation.
+
+        Parameters
+        ----------
+        points : array-like
+            ``(B, N, 2)`` (row, col) in original pixels.
+        labels : array-like
+            ``(B, N)`` 1 positive / 0 negative.
+        multimask : bool
+            Three masks per prompt set instead of one.
+        mask_input : array-like or None
+            ``(B, 1, 4E, 4E)`` logits.
+        min_region_area : int
+            Flip background holes and foreground specks of at most this many low-resolution
+            pixels before upscaling (`engine.regions.clean_low_res_logits`); 0: none.
+
+        Returns
+        -------
+        BatchPrediction
+            ``scores (B, K)``, ``low_res_logits (B, K, 4E, 4E)``, logits at the image size on
+            request.
+        """
+        from .regions import clean_low_res_logits
+
+        self._require_image()
+        assert self._original_size is not None
+        pts, labs = check_batch_prompts(points, labels, self._original_size, mask_input,
+                                        self.mask_input_size)
+        b, n = labs.shape
+        xy = self.points_to_model(pts.reshape(-1, 2)).reshape(b, n, 2)
+        coords = torch.from_numpy(np.ascontiguousarray(xy)).to(self.device)
+        labels_t = torch.from_numpy(labs).to(self.device)
+        mask = None if mask_input is None else torch.as_tensor(mask_input).float().to(self.device)
+        with fp32_context(self.device):
+            out = self.sam.decode(self._features, point_coords=coords, point_labels=labels_t,
+                                  mask_input=mask, multimask=multimask)
+        low = out.low_res_logits.float()  # (B, K, 4E, 4E)
+
+        def upscale(index: torch.Tensor) -> torch.Tensor:
+            chosen = low.flatten(0, 1)[index.to(low.device)]  # (n, 4E, 4E)
+            if min_region_area > 0:
+                chosen = clean_low_res_logits(chosen, min_region_area, min_region_area)
+            with fp32_context(self.device):
+                return self.postprocess(chosen[:, None])[:, 0]  # (n, H, W)
+
+        return BatchPrediction(out.iou_predictions.float(), low, upscale)
+
+    def automatic_defaults(self) -> AutoMaskParams:
+        """segment-anything's `SamAutomaticMaskGenerator` defaults (`AutoMaskParams()`)."""
+        from .automatic import AutoMaskParams
+
+        return AutoMaskParams()
