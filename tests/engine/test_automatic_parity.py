@@ -20,6 +20,7 @@ import torch
 
 from napari_focsam.engine.automatic import AutoMaskParams, AutomaticMaskGenerator, Crop
 from napari_focsam.engine.interactive import BatchPrediction
+from parity_fixtures import load_parity_fixture, parity_files
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,8 +130,6 @@ def test_amg_parity_fixture_covers_the_filters(amg_fixture):
 def test_amg_parity_fixtures_cover_crops_and_clean_up(family):
     """Across the shipped fixtures of each family: crop layers, small-region clean-up (SAM 1),
     refinement with the mask input (SAM 2)."""
-    from conftest import load_parity_fixture, parity_files
-
     files = [f for f in parity_files("amg") if f.name.startswith(f"amg_{family}_")]
     if not files:
         pytest.skip(f"no amg_{family}_*.pt fixture")
