@@ -25,12 +25,19 @@ Differences from the official ``SAM2VideoPredictor`` (all optional, see `Propaga
   start (the earliest conditioning frame) recomputes them and gives the same result.
 - **Streaming and cancellation**: `propagate` is a generator; the state is consistent after
   every yielded frame, so a caller may stop iterating at any time and keep what it got.
+- **Objects that come and go during a pass**: between two yielded frames a caller may add
+  prompts (new objects, corrections, objects prompted on frames the pass already walked) and
+  remove objects. Prompts are merged before the next frame, so continuing the pass gives the
+  same results as stopping it and starting a new one at the next frame with the same objects.
+  A pass whose objects are all removed keeps walking and yields empty results. Each result
+  carries every object's presence score (``FrameResult.object_score_logits``).
 
 The per-object state, options and results live in :mod:`.propagation_state`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 
@@ -103,7 +110,8 @@ class VideoPropagator:
         return track
 
     def remove_object(self, obj_id: int) -> tuple[int, ...]:
-        """Forget an object and all its outputs; returns the remaining ids."""
+        """Forget an object and all its outputs (also between two frames of a pass: the pass
+        goes on without it); returns the remaining ids."""
         self._track(obj_id, create=False)
         del self.tracks[int(obj_id)]
         return self.obj_ids
@@ -298,15 +306,17 @@ class VideoPropagator:
         h, w = self.video_hw
         device = self.model.device
         logits = torch.full((len(self.tracks), 1, h, w), NO_OBJ_SCORE, device=device)
+        scores = torch.full((len(self.tracks),), NO_OBJ_SCORE)
         for i, track in enumerate(self.tracks.values()):
             out = track.output_on(frame, is_cond)
             if out is None or out.pred_masks is None:
                 continue
             logits[i:i + 1] = F.interpolate(out.pred_masks.to(device), (h, w), mode="bilinear",
                                             align_corners=False)
+            scores[i] = out.object_score_logits.reshape(()).float().cpu()
         if self.options.non_overlap:
             logits = apply_non_overlap(logits)
-        return FrameResult(frame, self.obj_ids, logits)
+        return FrameResult(frame, self.obj_ids, logits, object_score_logits=scores)
 
     # ------------------------------------------------------------------ propagation
     def prompted_frames(self) -> list[int]:
@@ -338,6 +348,8 @@ class VideoPropagator:
         ------
         FrameResult
             With progress (`done`, `total`). Stopping the iteration leaves the state valid.
+            Between two frames the caller may add prompts and remove objects: they take effect
+            from the next frame (see the module docstring).
         """
         self._merge_prompts()
         if start is None:
@@ -351,6 +363,8 @@ class VideoPropagator:
             end = min(start + span, self.num_frames - 1)
             order = list(range(start, end + 1))
         for done, frame in enumerate(order, start=1):
+            if done > 1 and self._has_unmerged_prompts():
+                self._merge_prompts()  # prompts added while the caller held the last frame
             yield self._propagate_frame(frame, reverse, done, len(order), keep_from=keep_from)
 
     def propagate_both(self, start: int | None = None) -> Iterator[FrameResult]:
@@ -364,10 +378,13 @@ class VideoPropagator:
         done = 0
         for result in self.propagate(start, reverse=False, keep_from=start):
             done += 1
-            yield FrameResult(result.frame, result.obj_ids, result.logits, done, total)
+            yield dataclasses.replace(result, done=done, total=total)
         for result in self.propagate(start, reverse=True):
             done += 1
-            yield FrameResult(result.frame, result.obj_ids, result.logits, done, total)
+            yield dataclasses.replace(result, done=done, total=total)
+
+    def _has_unmerged_prompts(self) -> bool:
+        return any(t.temp_cond or t.temp_non_cond for t in self.tracks.values())
 
     def _merge_prompts(self) -> None:
         """Encode the memory of newly prompted frames and merge them (official preflight)."""
@@ -401,18 +418,23 @@ class VideoPropagator:
             for track, out in zip(batch, outs, strict=True):
                 track.non_cond[frame] = out
         device = self.model.device
-        preds = []
+        preds, scores = [], []
         for track in self.tracks.values():
             track.tracked[frame] = reverse
             out = track.cond.get(frame) or track.non_cond[frame]
             preds.append(out.pred_masks.to(device))
-        logits = F.interpolate(torch.cat(preds), self.video_hw, mode="bilinear",
-                               align_corners=False)
+            scores.append(out.object_score_logits.reshape(1).float().cpu())
+        if preds:
+            logits = F.interpolate(torch.cat(preds), self.video_hw, mode="bilinear",
+                                   align_corners=False)
+        else:  # every object was removed during the pass
+            logits = torch.zeros((0, 1, *self.video_hw), device=device)
         if self.options.non_overlap:
             logits = apply_non_overlap(logits)
         if self.options.bounded_memory:
             self._drop_unreachable(frame, reverse, keep_from)
-        return FrameResult(frame, self.obj_ids, logits, done, total)
+        return FrameResult(frame, self.obj_ids, logits, done, total,
+                           object_score_logits=torch.cat(scores) if scores else torch.zeros(0))
 
     def _drop_unreachable(self, frame: int, reverse: bool, keep_from: int | None = None) -> None:
         """Drop tracked outputs behind `frame` that later frames of this pass cannot use.

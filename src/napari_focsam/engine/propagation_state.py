@@ -138,6 +138,10 @@ class FrameResult:
     done, total : int
         Progress of a propagation pass (frames done including this one, frames in the pass);
         ``1, 1`` for prompt results.
+    object_score_logits : torch.Tensor or None
+        ``(N,)`` float32 presence logit of each object on `frame` (SAM 2's object score:
+        > 0 present, <= 0 absent, and then its logits are all negative); ``NO_OBJ_SCORE`` for
+        an object without an output there. None when the producer gives none.
     """
 
     frame: int
@@ -145,10 +149,17 @@ class FrameResult:
     logits: torch.Tensor
     done: int = 1
     total: int = 1
+    object_score_logits: torch.Tensor | None = None
 
     def masks(self) -> np.ndarray:
         """``(N, H, W)`` bool masks."""
         return (self.logits[:, 0] > 0).cpu().numpy()
+
+    def present(self) -> np.ndarray:
+        """``(N,)`` bool: the object score is positive (all True without scores)."""
+        if self.object_score_logits is None:
+            return np.ones(len(self.obj_ids), dtype=bool)
+        return (self.object_score_logits.reshape(-1) > 0).cpu().numpy()
 
 
 def apply_non_overlap(logits: torch.Tensor) -> torch.Tensor:
