@@ -1,7 +1,8 @@
 """The long operations of the widget, as plain generators run in worker threads (no Qt).
 
 Each task yields small event objects (`Status`, `api.Progress`, `PreviewResult`,
-`FrameResult`) that the widget handles in the GUI thread. A task never raises: the worker
+`FrameResult`, `EverythingSettings`, `EverythingFrame`) that the widget handles in the GUI
+thread. A task never raises: the worker
 wrapper (`guarded`) turns an exception into a `Failed` event, its message from
 `describe_error` (the one place the GUI maps the package's error tree).
 """
@@ -14,15 +15,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from ..api.automatic import STAGE as EVERYTHING_STAGE
+from ..api.automatic import default_params, find_masks
 from ..api.prompts_file import ObjectPrompt
-from ..api.segmenter import Progress
+from ..api.segmenter import Progress, Segmenter
+from ..engine.automatic import AutoMask, AutoMaskParams, AutomaticMaskGenerator
+from ..engine.cancel import stop_on
 from ..errors import Cancelled, UserError, report_internal_error
 from ..families import Role
 from .session import SegmenterHolder, SegmenterSpec, weights_problem
 
-__all__ = ["DownloadCancelled", "Failed", "FrameResult", "PreviewResult", "Status", "describe_error",
-           "download_weights", "embed_task", "guarded", "preview_task", "propagate_task"]
+__all__ = ["DownloadCancelled", "EverythingFrame", "EverythingSettings", "Failed", "FrameResult",
+           "PreviewResult", "Status", "describe_error", "download_weights", "embed_task",
+           "everything_task", "guarded", "preview_task", "propagate_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,26 @@ class FrameResult:
     frame: int
     outer: int | None
     labels: np.ndarray
+    progress: Progress
+
+
+@dataclass(frozen=True)
+class EverythingSettings:
+    """The settings of a "Segment all" run: the interactive model's `defaults` and the
+    `params` used (the defaults with the dock's changes)."""
+
+    defaults: AutoMaskParams
+    params: AutoMaskParams
+
+
+@dataclass(frozen=True, eq=False)
+class EverythingFrame:
+    """The masks automatic mask generation found on plane (`frame`, `outer`), in the
+    generator's order (nothing is written to the segmenter's labels)."""
+
+    frame: int | None
+    outer: int | None
+    masks: tuple[AutoMask, ...]
     progress: Progress
 
 
@@ -217,3 +244,65 @@ def propagate_task(holder: SegmenterHolder, spec: SegmenterSpec, prompts: list[O
             yield FrameResult(int(frame), outer, seg.labels[flat].copy(), progress)
     finally:
         steps.close()
+
+
+def _plane_of(seg: Segmenter, flat: int) -> tuple[int | None, int | None]:
+    """``(frame, outer)`` of flat frame `flat` (frame None for a 2D image)."""
+    source = seg.source
+    if not seg.is_stack:
+        return None, None
+    if source.outer_axis is not None:
+        outer, frame = source.split_index(flat)
+        return int(frame), int(outer)
+    return int(flat), None
+
+
+def everything_task(holder: SegmenterHolder, spec: SegmenterSpec,
+                    planes: list[tuple[int | None, int | None]] | None, overrides: dict, *,
+                    cancel_event: threading.Event
+                    ) -> Iterator[Status | EverythingSettings | Progress | EverythingFrame]:
+    """Segment everything on `planes` (``(frame, outer)`` pairs; None: every plane), yielding
+    each plane's masks once all of them are found (`api.automatic.find_masks`).
+
+    The settings are the interactive model's defaults (`api.automatic.default_params`) with
+    `overrides`. The models run under the holder's lock one decoder batch at a time, so a live
+    preview can run in between; a cancel stops the model within a block, and the plane being
+    searched is dropped.
+    """
+    yield from _loading(holder, spec)
+    with holder.lock:
+        seg = holder.get(spec)
+        defaults = default_params(seg)
+        params = defaults.replace(**overrides)
+        flats = (list(range(len(seg.source))) if planes is None
+                 else [seg.flat_frame(frame, outer) for frame, outer in planes])
+        predictor = seg.interactive.interactive_predictor()
+    yield EverythingSettings(defaults, params)
+    where = (f"{len(flats)} slices" if len(flats) > 1 else
+             "the image" if not seg.is_stack else f"slice {_plane_of(seg, flats[0])[0]}")
+    yield Status(f"Segmenting everything on {where} with {seg.interactive.model_id} "
+                 f"({params.points_per_side}² clicks per frame)…")
+    generator = AutomaticMaskGenerator(params)
+    net = seg.interactive.net
+    per_frame = 0  # decoder batches per frame (the same on every frame), known after one
+    for n, flat in enumerate(flats):
+        steps = find_masks(seg, flat, generator, predictor=predictor)
+        try:
+            while True:
+                if cancel_event.is_set():
+                    return
+                # grad and the cancel hooks are thread-global: held only while the model runs
+                with holder.lock, torch.no_grad(), stop_on(cancel_event, net):
+                    done, per_frame = next(steps)
+                yield Progress(EVERYTHING_STAGE, n * per_frame + done, per_frame * len(flats), flat)
+        except StopIteration as finished:
+            masks = finished.value
+        except Cancelled:
+            if cancel_event.is_set():  # stopped inside a forward pass
+                return
+            raise
+        finally:
+            steps.close()
+        frame, outer = _plane_of(seg, flat)
+        yield EverythingFrame(frame, outer, tuple(masks), Progress(
+            EVERYTHING_STAGE, (n + 1) * per_frame, per_frame * len(flats), flat))

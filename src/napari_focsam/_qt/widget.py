@@ -1,4 +1,5 @@
-"""`FocSamWidget`: click objects, preview them live, commit them into labels, propagate them.
+"""`FocSamWidget`: click objects, preview them live, commit them into labels, propagate them;
+segment every object of a slice or a stack automatically ("Segment all").
 
 All model work runs in worker threads (`workers.TaskRunner`); the GUI thread only maps
 prompts, paints masks and updates the controls. The sections scroll vertically; the progress
@@ -23,6 +24,7 @@ from qtpy.QtWidgets import (
 
 from .bindings import HELP, PromptBindings
 from .controller import LONG_TASKS, SegmentationController
+from .everything_panel import EverythingPanel, SegmentAll
 from .layout import StatusLabel, VerticalScrollArea
 from .objects_panel import ObjectsPanel
 from .prompts_panel import PromptsPanel
@@ -36,7 +38,7 @@ __all__ = ["FocSamWidget"]
 logger = logging.getLogger(__name__)
 
 #: Tasks whose progress the progress bar shows.
-PROGRESS_TASKS = ("embed", "propagate")
+PROGRESS_TASKS = ("embed", "propagate", "everything")
 
 
 def _shutdown(runner: TaskRunner, *_args) -> None:
@@ -46,9 +48,9 @@ def _shutdown(runner: TaskRunner, *_args) -> None:
 class FocSamWidget(QWidget):
     """The FocSAM segmentation dock widget.
 
-    Composes the sections (`SetupPanel`, `PromptsPanel`, `ObjectsPanel`), the
-    `SegmentationController` and the `PropagationController`, and connects their signals; it
-    shows the status messages and the progress of long tasks.
+    Composes the sections (`SetupPanel`, `PromptsPanel`, `ObjectsPanel`, `EverythingPanel`),
+    the `SegmentationController`, the `PropagationController` and `SegmentAll`, and connects
+    their signals; it shows the status messages and the progress of long tasks.
 
     Parameters
     ----------
@@ -79,6 +81,9 @@ class FocSamWidget(QWidget):
                                      "you first click on it)")
         self.prompts = PromptsPanel(self.viewer, controller.messages, controller.image_layer)
         self.objects = ObjectsPanel(self.viewer, controller, self.propagation)
+        self.segment_all = SegmentAll(self.viewer, controller, target_layer=self.objects.target_layer,
+                                      new_target_layer=self.objects.new_labels_layer, parent=self)
+        self.everything = EverythingPanel(self.segment_all)
         self.bindings = PromptBindings({
             "toggle_polarity": self.prompts.toggle_polarity, "undo_click": self.prompts.undo_click,
             "set_negative_click": self.prompts.set_negative, "commit": self.objects.commit,
@@ -87,7 +92,7 @@ class FocSamWidget(QWidget):
         inner_layout = QVBoxLayout(sections)
         inner_layout.setContentsMargins(0, 0, 4, 0)
         for title, widgets in (("Setup", (self.setup, self.embed_button)), ("Prompts", (self.prompts,)),
-                               ("Objects", (self.objects,))):
+                               ("Objects", (self.objects,)), ("Segment all", (self.everything,))):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             for widget in widgets:
@@ -120,6 +125,7 @@ class FocSamWidget(QWidget):
         controller.messages.posted.connect(self._show_message)
         controller.progress.connect(self._show_progress)
         self.propagation.progress.connect(self._show_progress)
+        self.segment_all.progress.connect(self._show_progress)
         controller.runner.task_started.connect(self._on_task_started)
         controller.runner.task_finished.connect(self._on_task_finished)
         controller.runner.task_cancelling.connect(self._update_task_buttons)

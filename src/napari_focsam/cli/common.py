@@ -161,10 +161,14 @@ def tiling_options() -> argparse.ArgumentParser:
     return p
 
 
-def prompts_options() -> argparse.ArgumentParser:
-    """``--prompts`` (CSV / JSON) in, ``--output`` labels TIFF out, ``--stack-kind``."""
+def prompts_options(*, required: bool = True, optional_help: str = "") -> argparse.ArgumentParser:
+    """``--prompts`` (CSV / JSON) in, ``--output`` labels TIFF out, ``--stack-kind``.
+
+    ``required=False`` lets the command decide when ``--prompts`` is needed (its help then
+    ends with `optional_help`)."""
     p = argparse.ArgumentParser(add_help=False, parents=[stack_kind_option()])
-    p.add_argument("--prompts", type=Path, required=True, help="CSV or JSON prompts file")
+    p.add_argument("--prompts", type=Path, required=required, default=None,
+                   help="CSV or JSON prompts file" + (f" ({optional_help})" if optional_help else ""))
     p.add_argument("--output", "-o", type=Path, required=True,
                    help="labels TIFF to write (.tif or .tiff; an ImageJ hyperstack with the "
                         "input's calibration; never one of the input files)")
