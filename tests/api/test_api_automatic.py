@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_focsam.api.automatic import (
+    automatic_discover,
     default_params,
     find_masks,
     paint_masks,
@@ -279,3 +280,28 @@ def test_stack_checks_its_arguments(small_sam):
         segment_everything_stack(seg, mode="over")
     with pytest.raises(IndexError):
         segment_everything_stack(seg, [5])
+
+
+def test_automatic_discover_finds_the_masks_without_writing(small_sam):
+    data = np.stack([_image((60, 70), seed=s) for s in range(2)])
+    seg = _segmenter(small_sam, data, stack_axis=0)
+    discover = automatic_discover(seg, LOOSE)
+    found = discover(1)
+    assert found and all(isinstance(m, AutoMask) and m.mask().shape == (60, 70) for m in found)
+    assert not seg.labels.any()
+    # the same masks as segment everything paints on that frame
+    reference = _segmenter(small_sam, data, stack_axis=0)
+    list(segment_everything_stack(reference, [1], params=LOOSE))
+    painted, _ = paint_masks(np.zeros((60, 70), np.int32), found, first_id=1,
+                             mode="only_background", min_area=0)
+    np.testing.assert_array_equal(painted, reference.labels[1])
+
+
+def test_automatic_discover_stops_on_cancel(small_sam):
+    from napari_focsam.engine.cancel import Interrupted
+
+    seg = _segmenter(small_sam, np.stack([_image((60, 70))] * 2), stack_axis=0)
+    event = threading.Event()
+    event.set()
+    with pytest.raises(Interrupted):
+        automatic_discover(seg, LOOSE, cancel_event=event)(0)

@@ -13,7 +13,7 @@
 
 from ..engine.tiling import Tiling, TilingError
 from ..families import ModelChoiceError
-from .automatic import default_params, segment_everything, segment_everything_stack
+from .automatic import automatic_discover, default_params, segment_everything, segment_everything_stack
 from .drawing import Location, ObjectDrawer
 from .io import (
     ImageInfo,
@@ -45,6 +45,7 @@ __all__ = [
     "Segmenter",
     "Tiling",
     "TilingError",
+    "automatic_discover",
     "check_output_path",
     "default_params",
     "group_prompts",

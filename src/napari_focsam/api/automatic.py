@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from .segmenter import Progress, Segmenter
 
 __all__ = [
     "EVERYTHING_MODES",
+    "automatic_discover",
     "default_params",
     "find_masks",
     "paint_masks",
@@ -192,6 +193,50 @@ def paint_masks(frame_labels: np.ndarray, masks: Sequence[AutoMask], *, first_id
     table[kept + 1] = ids
     out = np.where(index > 0, table[index], base).astype(labels.dtype, copy=False)
     return out, ids
+
+
+def automatic_discover(segmenter: Segmenter, params: AutoMaskParams | None = None, *,
+                       cancel_event: threading.Event | None = None
+                       ) -> Callable[[int], list[AutoMask]]:
+    """``discover(flat_frame) -> masks``: every object automatic mask generation finds on a
+    frame (what "Track all" seeds and discovers new objects with).
+
+    Parameters
+    ----------
+    segmenter : Segmenter
+    params : AutoMaskParams, optional
+        Default: `default_params`.
+    cancel_event : threading.Event, optional
+        Stops the model within a block: the call then raises `Interrupted`.
+
+    Returns
+    -------
+    callable
+        Flat frame index -> list of `AutoMask` (``mask()`` gives the ``(H, W)`` bool mask),
+        largest-scored first as the generator keeps them; nothing is written to the labels.
+    """
+    params = default_params(segmenter) if params is None else params
+    generator = AutomaticMaskGenerator(params)
+    crops = _plan(segmenter, generator)
+    predictor = segmenter.interactive.interactive_predictor()
+    net = segmenter.interactive.net
+
+    def discover(flat: int) -> list[AutoMask]:
+        steps = find_masks(segmenter, flat, generator, crops, predictor=predictor)
+        try:
+            while True:
+                if cancel_event is not None and cancel_event.is_set():
+                    raise Interrupted("stopped on request")
+                with torch.no_grad(), stop_on(cancel_event, net):
+                    next(steps)
+        except StopIteration as finished:
+            masks = list(finished.value)
+        finally:
+            steps.close()
+        logger.info("frame %d: %d objects found automatically", flat, len(masks))
+        return masks
+
+    return discover
 
 
 def segment_everything_stack(segmenter: Segmenter, frames: Sequence[int] | None = None, *,
