@@ -77,3 +77,24 @@ def test_panel_loads_through_the_manifest(make_napari_viewer):
     assert isinstance(panel, TrackingPanel)
     assert panel.labels_combo.current_layer() is layer
     assert panel.update_tracks() is None and "no objects" in panel.status.text()
+
+
+def test_divisions_are_listed_shown_and_rejected(viewer_and_panel):
+    viewer, panel, layer = viewer_and_panel
+    mother = int(np.unique(layer.data[layer.data > 0])[0])
+    before = np.asarray(layer.data).copy()
+    assert panel.update_tracks() is not None
+    assert not panel.reject_button.isEnabled() and panel.divisions_combo.currentText() == "no divisions"
+    viewer.dims.set_current_step(0, 5)
+    layer.selected_label = mother
+    daughters = panel.divide_selected()
+    assert panel.divisions_combo.count() == 1 and panel.reject_button.isEnabled()
+    assert panel.divisions_combo.currentText() == f"{mother} → {daughters[0]}, {daughters[1]} (frame 5)"
+    viewer.dims.set_current_step(0, 0)
+    panel._show_division(0)
+    assert viewer.dims.current_step[0] == 5 and layer.selected_label == daughters[0]
+    assert panel.reject_division() == mother
+    np.testing.assert_array_equal(layer.data, before)
+    assert not viewer.layers[TRACKS_NAME].graph
+    assert "division of" in panel.status.text() and not panel.reject_button.isEnabled()
+    assert panel.reject_division(mother) is None and "no recorded division" in panel.status.text()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_focsam.tracking import TrackTable
-from napari_focsam.tracking.division import DivisionError, divide_object
+from napari_focsam.tracking.division import DivisionError, divide_object, undo_division
 
 
 def _stack():
@@ -77,3 +77,39 @@ def test_keep_links_copies_only_links_whose_tracks_still_exist():
     assert fresh.parents == {2: 1, 3: 1}
     assert TrackTable.from_labels(lab).keep_links(old, except_parent=1).parents == {}
     assert TrackTable.from_labels(lab).keep_links(None).parents == {}
+
+
+def test_undo_division_gives_the_daughters_back_to_the_mother():
+    lab = _stack()
+    out, table, (d1, d2) = divide_object(lab, 3, 2)
+    for which in (3, d1, d2):  # the mother or either daughter names the division
+        back, restored, mother = undo_division(out, which, table)
+        assert mother == 3
+        np.testing.assert_array_equal(back, lab)
+        assert restored.begin[3] == 0 and restored.end[3] == 3 and not restored.parents
+        assert d1 not in restored and d2 not in restored
+    assert (out[2:] == d1).any()  # the input is not modified
+
+
+def test_chained_divisions_are_undone_latest_first():
+    lab = _stack()
+    out, table, (d1, d2) = divide_object(lab, 3, 2)
+    out2, table2, (e1, e2) = divide_object(out, d1, 3, table)
+    with pytest.raises(DivisionError, match=f"daughter {d1} of 3 divides again"):
+        undo_division(out2, 3, table2)
+    back, restored, mother = undo_division(out2, e2, table2)
+    assert mother == d1
+    np.testing.assert_array_equal(back, out)
+    assert restored.parents == {d1: 3, d2: 3}  # the earlier division is kept
+    back2, restored2, _ = undo_division(back, d2, restored)
+    np.testing.assert_array_equal(back2, lab)
+    assert not restored2.parents
+
+
+def test_undo_division_needs_a_division():
+    lab = _stack()
+    table = TrackTable.from_labels(lab)
+    with pytest.raises(DivisionError, match="no recorded division"):
+        undo_division(lab, 5, table)
+    with pytest.raises(DivisionError, match="no track 9"):
+        undo_division(lab, 9, table)

@@ -2,12 +2,14 @@
 
 Works on Labels layers whose axis 0 is time: those the segmentation dock wrote with its stack
 axis marked as t (``axes.STACK_META_KEY`` in the layer's metadata), or whose napari axis label
-0 names time (``t``, ``time``...). It shows a
-Tracks layer of per-id centroids with the lineage, divides the selected object on the current
-frame into two daughters (the mother's track ends, two new ids start, linked to it), and
-exports the Cell Tracking Challenge result format (``maskTTT.tif`` + ``res_track.txt``) or
-the labels as a TIFF. Everything here is quick numpy work on the layer's data; the lineage
-lives in the layer's ``metadata["focsam_tracks"]`` so it survives between actions.
+0 names time (``t``, ``time``...). It shows a Tracks layer of per-id centroids with the
+lineage, divides the selected object on the current frame into two daughters (the mother's
+track ends, two new ids start, linked to it), lists the recorded divisions (e.g. those "Track
+all" found) to review them one by one and rejects a wrong one (the daughters become the mother
+again), and exports the Cell Tracking Challenge result format (``maskTTT.tif`` +
+``res_track.txt``) or the labels as a TIFF. Everything here is quick numpy work on the layer's
+data; the lineage lives in the layer's ``metadata["focsam_tracks"]`` so it survives between
+actions.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from napari.layers import Labels, Tracks
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -29,7 +32,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..tracking import TrackTable, divide_object, export_ctc, export_labels_tiff, tracks_from_labels
+from ..tracking import (
+    TrackTable,
+    divide_object,
+    export_ctc,
+    export_labels_tiff,
+    tracks_from_labels,
+    undo_division,
+)
 from .axes import time_axis
 from .layer_combo import LayerCombo
 from .layout import StatusLabel, VerticalScrollArea
@@ -84,6 +94,12 @@ class TrackingPanel(QWidget):
         self.divide_button = QPushButton("Division: split here")
         self.divide_button.setToolTip("Split the Labels layer's selected object into two daughters "
                                       "from the current frame on")
+        self.divisions_combo = QComboBox()
+        self.divisions_combo.setToolTip("Recorded divisions (mother → daughters, first frame of "
+                                        "the daughters): choosing one shows its frame")
+        self.reject_button = QPushButton("Reject division")
+        self.reject_button.setToolTip("Undo the division chosen in the list: the daughters become "
+                                      "the mother again")
         self.ctc_button = QPushButton("Export CTC…")
         self.tiff_button = QPushButton("Export TIFF…")
         self.tiff_button.setToolTip("Export the labels as one TIFF")
@@ -100,13 +116,19 @@ class TrackingPanel(QWidget):
         row.addWidget(self.divide_button)
         box_layout.addLayout(row)
         row = QHBoxLayout()
+        row.addWidget(self.divisions_combo, 1)
+        row.addWidget(self.reject_button)
+        box_layout.addLayout(row)
+        row = QHBoxLayout()
         row.addWidget(self.ctc_button)
         row.addWidget(self.tiff_button)
         box_layout.addLayout(row)
         box_layout.addWidget(self.note)
         hint = QLabel("Division: select the mother's id in the Labels layer (its label picker), "
                       "go to the first frame of the daughters and press 'Division'. Divide after "
-                      "the last propagation: the segmentation dock does not know the daughters.")
+                      "the last propagation: the segmentation dock does not know the daughters. "
+                      "To review divisions, choose them in the list (it shows their frame) and "
+                      "reject the wrong ones.")
         hint.setWordWrap(True)
         hint.setStyleSheet("color: gray;")
         box_layout.addWidget(hint)
@@ -125,6 +147,9 @@ class TrackingPanel(QWidget):
 
         self.update_button.clicked.connect(self.update_tracks)
         self.divide_button.clicked.connect(self.divide_selected)
+        self.reject_button.clicked.connect(lambda: self.reject_division())
+        self.divisions_combo.activated.connect(self._show_division)
+        self._fill_divisions(None)
         self.ctc_button.clicked.connect(lambda: self.export_ctc())
         self.tiff_button.clicked.connect(lambda: self.export_tiff())
 
@@ -167,6 +192,7 @@ class TrackingPanel(QWidget):
         labels = np.asarray(layer.data)
         table = self._table(layer)
         layer.metadata[META_KEY] = table
+        self._fill_divisions(table)
         data, graph = tracks_from_labels(labels, table)
         if len(data) == 0:
             self._fail("no objects in the labels yet")
@@ -180,8 +206,63 @@ class TrackingPanel(QWidget):
         else:
             tracks = self.viewer.add_tracks(data, graph=graph, name=TRACKS_NAME, **kwargs)
         n = len(np.unique(data[:, 0]))
-        self.status.setText(f"{n} tracks, {len(graph)} with a parent")
+        self.status.setText(f"{n} tracks, {len(graph)} with a parent, "
+                            f"{len(set(table.parents.values()))} division(s)")
         return tracks
+
+    def _fill_divisions(self, table: TrackTable | None) -> None:
+        """List the divisions of `table` (mothers with children) in the combo."""
+        combo = self.divisions_combo
+        combo.clear()
+        mothers = sorted(set(table.parents.values())) if table is not None else []
+        for mother in mothers:
+            children = table.children_of(mother)
+            frame = min(table.begin[c] for c in children)
+            combo.addItem(f"{mother} → {', '.join(map(str, children))} (frame {frame})",
+                          (mother, frame))
+        combo.setEnabled(bool(mothers))
+        self.reject_button.setEnabled(bool(mothers))
+        if not mothers:
+            combo.addItem("no divisions")
+
+    def _show_division(self, index: int) -> None:
+        """Move to the chosen division's first daughter frame and select the mother."""
+        choice = self.divisions_combo.itemData(index)
+        layer = self.labels_combo.current_layer()
+        if choice is None or layer is None:
+            return
+        mother, frame = choice
+        self.viewer.dims.set_current_step(0, frame)
+        children = self._table(layer).children_of(mother)
+        if children:
+            layer.selected_label = children[0]
+
+    def reject_division(self, mother: int | None = None) -> int | None:
+        """Undo a division (default: the one chosen in the list): its daughters become the
+        mother again from their first frame on; returns the mother's id."""
+        layer = self._labels()
+        if layer is None:
+            return None
+        if mother is None:
+            choice = self.divisions_combo.currentData()
+            if choice is None:
+                self._fail("no division to reject: 'Update tracks' lists the recorded ones")
+                return None
+            mother = choice[0]
+        try:
+            out, table, mother = undo_division(np.asarray(layer.data), int(mother),
+                                               self._table(layer))
+        except ValueError as exc:
+            self._fail(f"cannot reject the division of {mother}: {exc}")
+            return None
+        layer.data = out
+        layer.metadata[META_KEY] = table
+        layer.selected_label = mother
+        self.update_tracks()
+        message = f"division of {mother} rejected: its daughters are {mother} again"
+        self.status.setText(message)
+        show_info(message)
+        return mother
 
     def divide_selected(self) -> tuple[int, int] | None:
         """Divide the Labels layer's selected id at the viewer's current time step."""

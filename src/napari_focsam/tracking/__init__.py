@@ -6,7 +6,8 @@ Pure numpy (tifffile for writing); no Qt, no napari, no torch at import (except
 - :mod:`.table` -- `TrackTable`: begin / end frame and parent of every track, divisions,
 - :mod:`.tracks` -- `tracks_from_labels`: per-id centroids per frame and the lineage graph,
   the data of a napari Tracks layer,
-- :mod:`.division` -- `divide_object`: the division action (a mother becomes two daughters),
+- :mod:`.division` -- `divide_object`, `undo_division`: the division actions (a mother becomes two
+  daughters; two daughters become their mother again),
 - :mod:`.ctc` -- `split_gaps`, `export_ctc` (atomic ``maskTTT.tif`` + ``res_track.txt``
   folders), `read_ctc_tracks`, `export_labels_tiff`,
 - :mod:`.lifecycle` -- `TrackOptions` and the rules of "Track all": when a track starts (new
@@ -17,7 +18,7 @@ Pure numpy (tifffile for writing); no Qt, no napari, no torch at import (except
 """
 
 from .ctc import export_ctc, export_labels_tiff, read_ctc_tracks, split_gaps
-from .division import DivisionError, divide_object
+from .division import DivisionError, divide_object, undo_division
 from .lifecycle import TrackOptions
 from .table import TrackingError, TrackTable, label_frames
 from .tracks import lineage_graph, tracks_from_labels
@@ -35,4 +36,5 @@ __all__ = [
     "read_ctc_tracks",
     "split_gaps",
     "tracks_from_labels",
+    "undo_division",
 ]

@@ -1,4 +1,6 @@
-"""The "division" action: one object becomes two daughters from a given frame on.
+"""The division actions: one object becomes two daughters from a given frame on
+(`divide_object`), and a division is undone (`undo_division`: the daughters become the
+mother again, e.g. a false division found by "Track all").
 
 On the division frame the mother's mask is split in two: its two largest connected components
 when it already shows two cells, otherwise the halves on either side of the line through its
@@ -17,7 +19,7 @@ from scipy import ndimage
 
 from .table import TrackingError, TrackTable
 
-__all__ = ["DivisionError", "divide_object"]
+__all__ = ["DivisionError", "divide_object", "undo_division"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +123,66 @@ def divide_object(labels: np.ndarray, parent: int, frame: int,
     new_table.divide(parent, frame, (d1, d2))
     logger.info("object %d divided into %d and %d at frame %d", parent, d1, d2, frame)
     return out, new_table, (d1, d2)
+
+
+def undo_division(labels: np.ndarray, track_id: int,
+                  table: TrackTable) -> tuple[np.ndarray, TrackTable, int]:
+    """Undo the division of a mother (or of the mother of a daughter) `track_id`.
+
+    Both daughters' pixels become the mother's from the frame they begin; the mother's track
+    runs on to the daughters' last frame. A daughter that divides again must have that later
+    division undone first.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        ``(T, H, W)`` (or ``(T, Z, Y, X)``) integer labels, time first; not modified.
+    track_id : int
+        The mother, or one of its daughters.
+    table : TrackTable
+        The lineage holding the division.
+
+    Returns
+    -------
+    new_labels : np.ndarray
+        A copy with the daughters relabelled as the mother.
+    table : TrackTable
+        The lineage without the division (a new table).
+    mother : int
+
+    Raises
+    ------
+    DivisionError
+        `track_id` is neither a mother nor a daughter in `table`, or a daughter divides
+        again.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim < 3:
+        raise DivisionError(f"labels must be a stack with time first, got shape {labels.shape}")
+    track_id = int(track_id)
+    if track_id not in table:
+        raise DivisionError(f"there is no track {track_id}")
+    children = table.children_of(track_id)
+    if children:
+        mother = track_id
+    elif table.parent_of(track_id) is not None:
+        mother = int(table.parent_of(track_id))
+        children = table.children_of(mother)
+    else:
+        raise DivisionError(f"track {track_id} has no recorded division (it is neither a mother "
+                            "nor a daughter)")
+    later = [c for c in children if table.children_of(c)]
+    if later:
+        raise DivisionError(f"daughter {later[0]} of {mother} divides again: reject that division "
+                            "first")
+    dtype = labels.dtype
+    if mother > np.iinfo(dtype).max:
+        raise DivisionError(f"id {mother} does not fit the labels' {dtype}")
+    out = labels.copy()
+    begin = min(table.begin.get(c, len(labels)) for c in children)
+    for t in range(begin, len(labels)):
+        out[t][np.isin(labels[t], children)] = mother
+    new_table = TrackTable.from_labels(out)
+    new_table.keep_links(table, except_parent=mother)
+    logger.info("division of %d into %s undone", mother, children)
+    return out, new_table, mother
