@@ -59,7 +59,8 @@ def components(image: np.ndarray) -> list[np.ndarray]:
 class BrightTracker:
     """Stand-in for `VideoPropagator` (same constructor, `add_mask`, `remove_object`,
     `obj_ids`, `propagate`): on each frame every object takes the foreground components its
-    mask on the previous frame overlaps most (each component goes to one object), and is
+    mask on the previous frame overlaps most (each component goes to one object; a component
+    several objects overlap is shared out by a watershed seeded with their masks), and is
     present (object score +4) when it got any, absent (-4, empty mask) otherwise. Prompts on
     a frame are the object there. It holds one mask per object plus its prompts, like the
     real engine's bounded memory.
@@ -124,15 +125,35 @@ class BrightTracker:
         overlap[:, 0] = 0
         owner = overlap.argmax(axis=0) if len(ids) else np.zeros(n + 1, int)
         taken = overlap.max(axis=0) > 0 if len(ids) else np.zeros(n + 1, bool)
+        shared = [c for c in range(1, n + 1) if np.count_nonzero(overlap[:, c]) > 1]
+        split = self._split_shared(comps, shared, overlap, prev) if shared else None
         for i, obj in enumerate(ids):
             if t in self.cond[obj]:
                 masks[i] = self.cond[obj][t]
             else:
                 mine = np.flatnonzero(taken & (owner == i))
+                mine = [c for c in mine if c not in shared]
                 masks[i] = np.isin(comps, mine) if len(mine) else False
+                if split is not None:
+                    masks[i] |= split == i + 1
             scores[i] = 4.0 if masks[i].any() else -4.0
             self.last[obj] = masks[i]
         return masks, scores
+
+    @staticmethod
+    def _split_shared(comps: np.ndarray, shared: list[int], overlap: np.ndarray,
+                      prev: list) -> np.ndarray:
+        """Components that touch several objects' previous masks (cells that touch) are shared
+        out by a watershed seeded with those masks: ``(H, W)`` int, object index + 1."""
+        from skimage.segmentation import watershed
+
+        markers = np.zeros(comps.shape, np.int32)
+        region = np.isin(comps, shared)
+        for i, p in enumerate(prev):
+            if p is not None and overlap[i, shared].any():
+                markers[p & region] = i + 1
+        distance = ndimage.distance_transform_edt(region)
+        return watershed(-distance, markers, mask=region)
 
     def propagate(self, start=None, reverse=False, max_frames=None):
         assert not reverse
