@@ -20,7 +20,10 @@ make the images: the widget is set to the tiny random-weight test models and
   positive clicks (minus those under negative clicks), or the largest one inside a box;
 - SAM 2's ``VideoPropagator`` becomes a stand-in that follows each object from frame to frame:
   a watershed of the frame's bright pixels seeded by the objects' masks on the previous frame
-  (a dividing cell stays one object, in two pieces, as the division action expects).
+  (a dividing cell stays one object, in two pieces, as the division action expects);
+- for "Track all", the same watershed in a stand-in that also takes objects in and out in the
+  middle of a pass and reports their presence (``StandInTracker``), and automatic mask
+  generation becomes the bright components of the frame.
 
 With real weights the masks come from SAM / FocSAM / SAM 2. The images are deterministic
 (the sample data are seeded, the clicks are computed from them).
@@ -46,8 +49,10 @@ WINDOW_SIZE = (1500, 950)
 #: Window sizes of the layout shots (common laptop and desktop screens).
 LAYOUT_SIZES = ((1280, 800), (1920, 1080))
 MAX_BYTES = 400_000
-SHOTS = ("2d_click", "2d_committed", "3d_propagated", "3d_correction", "tracking",
+SHOTS = ("2d_click", "2d_committed", "3d_propagated", "3d_correction", "tracking", "track_all",
          *(f"layout_{w}x{h}" for w, h in LAYOUT_SIZES))
+#: The sample files of the "track_all" shot.
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 SMOOTH_SIGMA = 1.5
 
 
@@ -226,6 +231,88 @@ class StandInPropagator:
         self._hold()
 
 
+class StandInTracker:
+    """Replaces SAM 2's `VideoPropagator` in "Track all" (`TrackAll`'s calls): objects enter
+    (`add_mask`) and leave (`remove_object`) between two frames of a pass; on each frame every
+    object takes its region of a watershed of the bright pixels seeded by its (eroded) mask on
+    the previous frame (a prompt mask on a frame is the object there), and is present (object
+    score +4) when the region is not empty, absent (-4) otherwise. A dividing cell stays one
+    object in two pieces, which `TrackAll` turns into two daughters."""
+
+    delay = 0.02  # seconds per frame, so that the widget's frame-by-frame writes show
+
+    def __init__(self, net, features, video_hw, options=None) -> None:
+        self.features = features
+        self.source = features.store.source
+        self.video_hw = tuple(video_hw)
+        self.num_frames = len(features)
+        self.cond: dict[int, dict[int, np.ndarray]] = {}
+        self.last: dict[int, np.ndarray] = {}
+
+    @property
+    def obj_ids(self) -> tuple[int, ...]:
+        return tuple(self.cond)
+
+    def add_mask(self, frame, obj_id, mask, result=True):
+        self.cond.setdefault(int(obj_id), {})[int(frame)] = np.asarray(mask, dtype=bool)
+
+    def remove_object(self, obj_id):
+        del self.cond[int(obj_id)]
+        self.last.pop(int(obj_id), None)
+        return self.obj_ids
+
+    def _track(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        from scipy import ndimage
+        from skimage.segmentation import watershed
+
+        flat = self.features.frame_index(t)
+        bright = COMPONENTS(self.source, flat) > 0
+        ids = self.obj_ids
+        markers = np.zeros(self.video_hw, dtype=np.int32)
+        for k, obj in enumerate(ids, start=1):
+            prev = self.cond[obj].get(t - 1, self.last.get(obj))
+            if prev is None or t in self.cond[obj]:
+                continue
+            core = ndimage.binary_erosion(prev, iterations=2)
+            markers[(core if core.any() else prev) & bright] = k
+        regions = watershed(-COMPONENTS.smooth(self.source, flat), markers, mask=bright)
+        masks = np.zeros((len(ids), *self.video_hw), dtype=bool)
+        for k, obj in enumerate(ids):
+            masks[k] = self.cond[obj][t] if t in self.cond[obj] else regions == k + 1
+            self.last[obj] = masks[k]
+        scores = np.where(masks.reshape(len(ids), -1).any(axis=1), 4.0, -4.0).astype(np.float32)
+        return masks, scores
+
+    def propagate(self, start=None, reverse=False, max_frames=None):
+        import torch
+
+        from napari_focsam.engine.propagation_state import FrameResult
+
+        if reverse:
+            raise ValueError("the stand-in tracker runs forward only")
+        start = min(min(f) for f in self.cond.values()) if start is None else int(start)
+        end = self.num_frames - 1 if max_frames is None else min(start + max_frames,
+                                                                  self.num_frames - 1)
+        for done, t in enumerate(range(start, end + 1), start=1):
+            time.sleep(self.delay)
+            ids = self.obj_ids
+            masks, scores = self._track(t)
+            logits = torch.where(torch.from_numpy(masks)[:, None], 1.0, -1.0)
+            yield FrameResult(t, ids, logits, done, end - start + 1,
+                              object_score_logits=torch.from_numpy(scores))
+
+
+def stand_in_discover(segmenter, params=None, *, cancel_event=None):
+    """Replaces `api.automatic.automatic_discover` in the dock: the bright components of a
+    frame are the objects found."""
+
+    def discover(flat: int) -> list[np.ndarray]:
+        comps = COMPONENTS(segmenter.source, flat)
+        return [comps == k for k in range(1, int(comps.max()) + 1)]
+
+    return discover
+
+
 def install_stand_ins() -> None:
     """Replace the models' outputs by the deterministic stand-ins (see the module docstring)."""
     import napari_focsam.api.segmenter as segmenter
@@ -236,6 +323,15 @@ def install_stand_ins() -> None:
                                "stand-ins of scripts/make_screenshots.py")
     segmenter.Segmenter._mask_from_interactive = stand_in_mask_from_interactive
     segmenter.VideoPropagator = StandInPropagator
+    import napari_focsam._qt.tasks as tasks
+    import napari_focsam._qt.track_all_panel as track_all_panel
+
+    for module, name in ((tasks, "automatic_discover"), (track_all_panel, "PROPAGATOR")):
+        if not hasattr(module, name):
+            raise RuntimeError(f"{module.__name__} has no {name} any more: update the stand-ins "
+                               "of scripts/make_screenshots.py")
+    tasks.automatic_discover = stand_in_discover
+    track_all_panel.PROPAGATOR = StandInTracker
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -516,6 +612,50 @@ def shot_tracking(out: Path) -> None:
     viewer.close()
 
 
+def shot_track_all(out: Path) -> None:
+    """The "Track all" section after a run: the cells of the time-lapse's first frame (its
+    ground-truth labels there, as a user's committed labels) tracked through the movie, with
+    the divisions, the tracks and the summary in the status line."""
+    import napari
+    import tifffile
+
+    from napari_focsam._qt.track_all_panel import OUTPUT_NAME
+    from napari_focsam._qt.tracking_panel import TRACKS_NAME
+
+    images = tifffile.imread(SAMPLE_DATA / "cell_timelapse.tif")
+    truth = tifffile.imread(SAMPLE_DATA / "cell_timelapse_labels.tif")
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    viewer.add_image(images, name="cell_timelapse", colormap="green", axis_labels=("t", "y", "x"))
+    seeds = np.zeros(truth.shape, dtype=np.int32)
+    seeds[0] = truth[0]
+    seed_layer = viewer.add_labels(seeds, name="cells on frame 0", axis_labels=("t", "y", "x"))
+    process(0.2)
+    widget = add_focsam_widget(viewer)
+    widget.setup.select_stack(0, "t")
+    viewer.dims.set_current_step(0, 0)
+    panel = widget.track_panel
+    panel.set_seeds(seed_layer)
+    if not panel.run():
+        raise RuntimeError(f"track all did not start: {widget.status_label.text()}")
+    wait_idle(widget)
+    status = widget.status_label.text()
+    logger.info("track all: %s", status)
+    if not status.startswith("Tracked "):
+        raise RuntimeError(f"track all failed: {status}")
+    seed_layer.visible = False
+    tracks = viewer.layers[TRACKS_NAME]
+    n_frames = images.shape[0]
+    tracks.tail_length = n_frames
+    tracks.tail_width = 4
+    viewer.layers.selection.active = viewer.layers[OUTPUT_NAME]
+    viewer.dims.set_current_step(0, n_frames - 2)
+    process(0.2)
+    widget.scroll.ensureWidgetVisible(panel)
+    save(viewer, out / "track_all.png")
+    viewer.close()
+
+
 def shot_layout(out: Path, size: tuple[int, int]) -> None:
     """Both docks as the README's command opens them, in a window of `size`, with objects
     committed on the middle slice and the next one previewed."""
@@ -582,6 +722,8 @@ def main(argv=None) -> int:
             shots_3d(args.out, only)
         if "tracking" in only:
             shot_tracking(args.out)
+        if "track_all" in only:
+            shot_track_all(args.out)
         for size in LAYOUT_SIZES:
             if f"layout_{size[0]}x{size[1]}" in only:
                 shot_layout(args.out, size)

@@ -238,13 +238,19 @@ def test_export_ctc_refuses_to_overwrite(tmp_path, gap_stack):
     out = tmp_path / "RES"
     out.mkdir()
     export_ctc(gap_stack, out)  # an empty folder is fine
-    (out / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="overwrite=True"):
+    with pytest.raises(FileExistsError, match="holds a CTC RES result; pass overwrite=True"):
         export_ctc(gap_stack[:2], out)
-    assert (out / "notes.txt").read_text() == "keep me" and (out / "mask003.tif").exists()
-    export_ctc(gap_stack[:2], out, overwrite=True)
+    assert (out / "mask003.tif").exists()
+    export_ctc(gap_stack[:2], out, overwrite=True)  # an earlier result is replaced
     assert sorted(p.name for p in out.iterdir()) == ["mask000.tif", "mask001.tif", "res_track.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RES"]
+    (out / "notes.txt").write_text("keep me")  # anything else is never replaced
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="holds files other than a CTC RES result"):
+            export_ctc(gap_stack, out, overwrite=overwrite)
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "mask001.tif").exists()
+    with pytest.raises(FileExistsError, match="other than a CTC GT result"):
+        export_ctc(gap_stack[:2], tmp_path / "RES", kind="GT", overwrite=True)
     (tmp_path / "file").write_text("")
     with pytest.raises(FileExistsError, match="not a folder"):
         export_ctc(gap_stack, tmp_path / "file", overwrite=True)

@@ -24,7 +24,7 @@ __all__ = ["LONG_TASKS", "USER_CANCEL", "SegmentationController"]
 logger = logging.getLogger(__name__)
 
 #: Tasks the Cancel button stops.
-LONG_TASKS = ("embed", "propagate", "download", "everything")
+LONG_TASKS = ("embed", "propagate", "download", "everything", "track")
 #: The reason of a cancellation by the Cancel button.
 USER_CANCEL = "cancelled by the user"
 
@@ -195,8 +195,8 @@ class SegmentationController(QObject):
                 self.messages.error(text)
 
     def cancel(self) -> None:
-        """Stop the running embedding, propagation, download and segment all (what they wrote
-        is kept).
+        """Stop the running embedding, propagation, download, segment all and track all (what
+        they wrote is kept).
 
         Says "Cancelling…" at once; each task's end posts the final message.
         """
@@ -205,7 +205,7 @@ class SegmentationController(QObject):
             self.messages.info("Nothing to cancel")
             return
         what = {"embed": "the embeddings", "propagate": "the propagation", "download": "the download",
-                "everything": "segment all"}
+                "everything": "segment all", "track": "track all"}
         self.messages.info(f"Cancelling {' and '.join(what[t.name] for t in tasks)}…")
 
     # ------------------------------------------------------------------ layers and closing

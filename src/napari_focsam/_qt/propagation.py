@@ -95,6 +95,9 @@ class PropagationController(QObject):
         if controller.runner.running("propagate"):
             messages.error("Propagation is already running")
             return False
+        if controller.runner.running("track"):  # both write the segmenter's labels
+            messages.error("Track all is running: propagate when it ends (or cancel it)")
+            return False
         if not prompts:
             messages.error("Nothing to propagate: commit at least one object first")
             return False

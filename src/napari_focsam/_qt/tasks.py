@@ -1,8 +1,8 @@
 """The long operations of the widget, as plain generators run in worker threads (no Qt).
 
 Each task yields small event objects (`Status`, `api.Progress`, `PreviewResult`,
-`FrameResult`, `EverythingSettings`, `EverythingFrame`) that the widget handles in the GUI
-thread. A task never raises: the worker
+`FrameResult`, `EverythingSettings`, `EverythingFrame`, `TrackProgress`, `TrackFrames`) that
+the widget handles in the GUI thread. A task never raises: the worker
 wrapper (`guarded`) turns an exception into a `Failed` event, its message from
 `describe_error` (the one place the GUI maps the package's error tree).
 """
@@ -18,18 +18,22 @@ import numpy as np
 import torch
 
 from ..api.automatic import STAGE as EVERYTHING_STAGE
-from ..api.automatic import default_params, find_masks
+from ..api.automatic import automatic_discover, default_params, find_masks
 from ..api.prompts_file import ObjectPrompt
 from ..api.segmenter import Progress, Segmenter
 from ..engine.automatic import AutoMask, AutoMaskParams, AutomaticMaskGenerator
 from ..engine.cancel import stop_on
 from ..errors import Cancelled, UserError, report_internal_error
 from ..families import Role
+from ..tracking import TrackTable
+from ..tracking.lifecycle import TrackOptions
+from ..tracking.track_all import TrackAll, TrackProgress
 from .session import SegmenterHolder, SegmenterSpec, weights_problem
 
 __all__ = ["DownloadCancelled", "EverythingFrame", "EverythingSettings", "Failed", "FrameResult",
-           "PreviewResult", "Status", "describe_error", "download_weights", "embed_task",
-           "everything_task", "guarded", "preview_task", "propagate_task"]
+           "PreviewResult", "Status", "TrackFrames", "describe_error", "download_weights",
+           "embed_task", "everything_task", "guarded", "preview_task", "propagate_task",
+           "track_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,29 @@ class EverythingFrame:
     outer: int | None
     masks: tuple[AutoMask, ...]
     progress: Progress
+
+
+@dataclass(frozen=True, eq=False)
+class TrackFrames:
+    """The frames one "Track all" step wrote, and the lineage so far.
+
+    Attributes
+    ----------
+    frames : tuple of (int, np.ndarray)
+        ``(frame, labels)``: the stack index and a copy of the ``(H, W)`` labels of the frame
+        just tracked, then of every earlier frame rewritten because a division was confirmed.
+    outer : int or None
+        The outer index of 4D data.
+    progress : TrackProgress
+        The engine's report of the step (stage ``"track"``).
+    table : TrackTable
+        A copy of the tracks written so far (begin, end, parents).
+    """
+
+    frames: tuple[tuple[int, np.ndarray], ...]
+    outer: int | None
+    progress: TrackProgress
+    table: TrackTable
 
 
 def describe_error(exc: BaseException, during: str) -> str:
@@ -306,3 +333,71 @@ def everything_task(holder: SegmenterHolder, spec: SegmenterSpec,
         frame, outer = _plane_of(seg, flat)
         yield EverythingFrame(frame, outer, tuple(masks), Progress(
             EVERYTHING_STAGE, (n + 1) * per_frame, per_frame * len(flats), flat))
+
+
+def _copy_table(table: TrackTable) -> TrackTable:
+    return TrackTable(dict(table.begin), dict(table.end), dict(table.parents))
+
+
+def track_task(holder: SegmenterHolder, spec: SegmenterSpec, seeds: np.ndarray | None,
+               options: TrackOptions, discover_overrides: dict | None, *,
+               outer: int | None = None, propagator: Callable | None = None,
+               cancel_event: threading.Event) -> Iterator[Status | TrackProgress | TrackFrames]:
+    """Run "Track all": seed every object on ``options.seed_frame`` and track them all through the
+    stack with the propagation model (`tracking.track_all.TrackAll`), yielding the frames as
+    they are written.
+
+    Parameters
+    ----------
+    holder, spec
+        The segmenter (its propagation model is loaded and attached here).
+    seeds : np.ndarray or None
+        ``(H, W)`` seed labels (ids kept); None: automatic mask generation seeds the frame.
+    options : TrackOptions
+    discover_overrides : dict or None
+        Settings of automatic mask generation (`AutoMaskParams` fields over the interactive
+        model's defaults) for seeding without `seeds` and finding new objects every
+        ``options.discover_every`` frames; None: no automatic discovery (`seeds` needed).
+    outer : int, optional
+        Outer index of 4D data.
+    propagator : callable, optional
+        The tracker `TrackAll` builds (default: SAM 2's `VideoPropagator`; tests and the
+        screenshots pass stand-ins).
+    cancel_event : threading.Event
+
+    Notes
+    -----
+    The models run under the holder's lock one step of the run at a time (a seed, a frame),
+    so a live preview can run in between; a cancel stops the model within a block, and the
+    frames written so far are kept (each was reported before the next step started).
+    """
+    yield from _loading(holder, spec, propagation=True)
+    with holder.lock:
+        seg = holder.attach_propagation(spec)
+        discover = None
+        if discover_overrides is not None:
+            params = default_params(seg, **discover_overrides)
+            discover = automatic_discover(seg, params, cancel_event=cancel_event)
+        extra = {} if propagator is None else {"propagator": propagator}
+        track = TrackAll(seg, seeds=seeds, discover=discover, options=options, outer=outer,
+                         **extra)
+        steps = track.run(cancel_event)
+    seeded = "the seed labels" if seeds is not None else "the objects found automatically"
+    yield Status(f"Tracking {seeded} of slice {options.seed_frame} with "
+                 f"{seg.propagation.model_id}…")
+    try:
+        while not cancel_event.is_set():
+            with holder.lock:  # the model runs inside the step; the copies match it
+                progress = next(steps, None)
+                if progress is None:
+                    return
+                if progress.stage != "track":
+                    event = progress
+                else:
+                    flats = (progress.frame, *progress.rewritten)
+                    frames = tuple((int(seg.source.split_index(flat)[1]), seg.labels[flat].copy())
+                                   for flat in flats)
+                    event = TrackFrames(frames, outer, progress, _copy_table(track.table))
+            yield event
+    finally:
+        steps.close()

@@ -1,5 +1,6 @@
 """`FocSamWidget`: click objects, preview them live, commit them into labels, propagate them;
-segment every object of a slice or a stack automatically ("Segment all").
+segment every object of a slice or a stack automatically ("Segment all"); track every object
+of a time-lapse ("Track all").
 
 All model work runs in worker threads (`workers.TaskRunner`); the GUI thread only maps
 prompts, paints masks and updates the controls. The sections scroll vertically; the progress
@@ -31,6 +32,7 @@ from .prompts_panel import PromptsPanel
 from .propagation import PropagationController
 from .setup_panel import SetupPanel
 from .status import Severity
+from .track_all_panel import TrackAllController, TrackAllPanel
 from .workers import TaskRunner
 
 __all__ = ["FocSamWidget"]
@@ -38,7 +40,7 @@ __all__ = ["FocSamWidget"]
 logger = logging.getLogger(__name__)
 
 #: Tasks whose progress the progress bar shows.
-PROGRESS_TASKS = ("embed", "propagate", "everything")
+PROGRESS_TASKS = ("embed", "propagate", "everything", "track")
 
 
 def _shutdown(runner: TaskRunner, *_args) -> None:
@@ -48,9 +50,10 @@ def _shutdown(runner: TaskRunner, *_args) -> None:
 class FocSamWidget(QWidget):
     """The FocSAM segmentation dock widget.
 
-    Composes the sections (`SetupPanel`, `PromptsPanel`, `ObjectsPanel`, `EverythingPanel`),
-    the `SegmentationController`, the `PropagationController` and `SegmentAll`, and connects
-    their signals; it shows the status messages and the progress of long tasks.
+    Composes the sections (`SetupPanel`, `PromptsPanel`, `ObjectsPanel`, `EverythingPanel`,
+    `TrackAllPanel`), the `SegmentationController`, the `PropagationController`, `SegmentAll`
+    and `TrackAllController`, and connects their signals; it shows the status messages and the
+    progress of long tasks.
 
     Parameters
     ----------
@@ -84,6 +87,10 @@ class FocSamWidget(QWidget):
         self.segment_all = SegmentAll(self.viewer, controller, target_layer=self.objects.target_layer,
                                       new_target_layer=self.objects.new_labels_layer, parent=self)
         self.everything = EverythingPanel(self.segment_all)
+        self.track_all = TrackAllController(self.viewer, controller,
+                                            discover_overrides=self.everything.overrides,
+                                            parent=self)
+        self.track_panel = TrackAllPanel(self.track_all)
         self.bindings = PromptBindings({
             "toggle_polarity": self.prompts.toggle_polarity, "undo_click": self.prompts.undo_click,
             "set_negative_click": self.prompts.set_negative, "commit": self.objects.commit,
@@ -92,7 +99,8 @@ class FocSamWidget(QWidget):
         inner_layout = QVBoxLayout(sections)
         inner_layout.setContentsMargins(0, 0, 4, 0)
         for title, widgets in (("Setup", (self.setup, self.embed_button)), ("Prompts", (self.prompts,)),
-                               ("Objects", (self.objects,)), ("Segment all", (self.everything,))):
+                               ("Objects", (self.objects,)), ("Segment all", (self.everything,)),
+                               ("Track all", (self.track_panel,))):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
             for widget in widgets:
@@ -126,6 +134,7 @@ class FocSamWidget(QWidget):
         controller.progress.connect(self._show_progress)
         self.propagation.progress.connect(self._show_progress)
         self.segment_all.progress.connect(self._show_progress)
+        self.track_all.progress.connect(self._show_progress)
         controller.runner.task_started.connect(self._on_task_started)
         controller.runner.task_finished.connect(self._on_task_finished)
         controller.runner.task_cancelling.connect(self._update_task_buttons)

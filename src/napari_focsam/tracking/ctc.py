@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -140,7 +141,9 @@ def export_ctc(
         ``"RES"``: ``maskTTT.tif`` + ``res_track.txt``; ``"GT"``: ``man_trackTTT.tif`` +
         ``man_track.txt``.
     overwrite : bool
-        Replace an existing non-empty `out_dir`. An empty existing folder is always replaced.
+        Replace an earlier result of the same `kind` in `out_dir` (a folder holding only its
+        mask TIFFs and track file). An empty existing folder is always replaced; a folder
+        holding other files never is.
     compression : str or None
         TIFF compression of the masks (e.g. ``"zlib"``); None writes them uncompressed, which
         every CTC evaluation tool reads.
@@ -153,7 +156,8 @@ def export_ctc(
     Raises
     ------
     FileExistsError
-        `out_dir` exists and is not an empty folder, and `overwrite` is False (or it is a file).
+        `out_dir` exists and is not an empty folder, and `overwrite` is False; it holds files
+        other than a CTC result of `kind`; or it is a file.
     ValueError
         Bad `kind` or `labels`, ids that do not fit uint16, or a lineage that breaks the CTC
         rules (a parent still present in or after its daughter's first frame).
@@ -165,15 +169,22 @@ def export_ctc(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out_dir} is not empty; pass overwrite=True to replace it")
+    prefix, txt_name = _NAMES[kind]
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        result = re.compile(rf"^({re.escape(prefix)}\d+\.tif|{re.escape(txt_name)})$")
+        others = sorted(p.name for p in out_dir.iterdir() if not result.match(p.name))
+        if others:
+            raise FileExistsError(f"{out_dir} holds files other than a CTC {kind} result (e.g. "
+                                  f"{others[0]}): choose an empty or new folder")
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} holds a CTC {kind} result; pass overwrite=True to "
+                                  "replace it")
     labels = check_label_stack(labels, min_ndim=3)
     labels, tracks = split_gaps(labels, table)
     tracks.validate()
     if tracks.ids and tracks.ids[-1] > _UINT16_MAX:
         raise TrackingError(f"CTC masks are uint16; track id {tracks.ids[-1]} does not fit")
 
-    prefix, txt_name = _NAMES[kind]
     digits = 3 if labels.shape[0] < 1000 else 4
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out_dir, "part")
