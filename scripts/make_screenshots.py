@@ -49,7 +49,8 @@ WINDOW_SIZE = (1500, 950)
 #: Window sizes of the layout shots (common laptop and desktop screens).
 LAYOUT_SIZES = ((1280, 800), (1920, 1080))
 MAX_BYTES = 400_000
-SHOTS = ("2d_click", "2d_committed", "3d_propagated", "3d_correction", "tracking", "track_all",
+SHOTS = ("2d_click", "2d_committed", "segment_all", "3d_propagated", "3d_correction", "tracking",
+         "track_all",
          *(f"layout_{w}x{h}" for w, h in LAYOUT_SIZES))
 #: The sample files of the "track_all" shot.
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
@@ -313,6 +314,24 @@ def stand_in_discover(segmenter, params=None, *, cancel_event=None):
     return discover
 
 
+def stand_in_find_masks(segmenter, frame, generator, crops=None, *, predictor=None):
+    """Replaces `api.automatic.find_masks` in the dock ("Segment all"): every bright component
+    of the frame is a mask found (one decoder "batch")."""
+    from napari_focsam.engine.automatic import AutoMask
+
+    comps = COMPONENTS(segmenter.source, frame)
+    yield 1, 1
+    found = []
+    for k in range(1, int(comps.max()) + 1):
+        rows, cols = np.nonzero(comps == k)
+        box = (int(rows.min()), int(cols.min()), int(rows.max()) + 1, int(cols.max()) + 1)
+        patch = comps[box[0]:box[2], box[1]:box[3]] == k
+        found.append(AutoMask(patch, box, int(patch.sum()), 0.95, 0.97,
+                              (float(rows.mean()), float(cols.mean())), (0, 0, *comps.shape),
+                              comps.shape))
+    return found
+
+
 def install_stand_ins() -> None:
     """Replace the models' outputs by the deterministic stand-ins (see the module docstring)."""
     import napari_focsam.api.segmenter as segmenter
@@ -326,11 +345,13 @@ def install_stand_ins() -> None:
     import napari_focsam._qt.tasks as tasks
     import napari_focsam._qt.track_all_panel as track_all_panel
 
-    for module, name in ((tasks, "automatic_discover"), (track_all_panel, "PROPAGATOR")):
+    for module, name in ((tasks, "automatic_discover"), (tasks, "find_masks"),
+                         (track_all_panel, "PROPAGATOR")):
         if not hasattr(module, name):
             raise RuntimeError(f"{module.__name__} has no {name} any more: update the stand-ins "
                                "of scripts/make_screenshots.py")
     tasks.automatic_discover = stand_in_discover
+    tasks.find_masks = stand_in_find_masks
     track_all_panel.PROPAGATOR = StandInTracker
 
 
@@ -510,6 +531,31 @@ def shots_2d(out: Path, only: set[str]) -> None:
             commit_at(widget, points, (r, c))
         viewer.layers.selection.active = widget.objects.target_layer()
         save(viewer, out / "2d_committed.png")
+    viewer.close()
+
+
+def shot_segment_all(out: Path) -> None:
+    """"Segment all" on the 2D nuclei with two nuclei committed by clicks: the preview of the
+    objects found around them, before 'Add'."""
+    from napari_focsam._qt.everything_panel import PREVIEW_NAME
+
+    viewer, image = new_viewer("nuclei_2d")
+    widget = add_focsam_widget(viewer)
+    points, _shapes = widget.prompts.new_prompt_layers()
+    for r, c, _ in centres(np.asarray(image.data)[None])[:2]:
+        commit_at(widget, points, (r, c))
+    panel = widget.everything
+    panel.set_value("min_area", 30)
+    if not panel.run():
+        raise RuntimeError(f"segment all did not start: {widget.status_label.text()}")
+    wait(lambda: widget.segment_all.preview is not None, what="the segment-all preview",
+         status=widget.status_label.text)
+    wait_idle(widget)
+    logger.info("segment all: %s", widget.status_label.text())
+    viewer.layers.selection.active = viewer.layers[PREVIEW_NAME]
+    widget.scroll.ensureWidgetVisible(panel)
+    process(0.2)
+    save(viewer, out / "segment_all.png")
     viewer.close()
 
 
@@ -718,6 +764,8 @@ def main(argv=None) -> int:
     try:
         if only & {"2d_click", "2d_committed"}:
             shots_2d(args.out, only)
+        if "segment_all" in only:
+            shot_segment_all(args.out)
         if only & {"3d_propagated", "3d_correction"}:
             shots_3d(args.out, only)
         if "tracking" in only:
