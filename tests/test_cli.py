@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from napari_focsam.cli import main
@@ -78,12 +79,38 @@ def test_bench_all_quick_writes_json_and_markdown(tmp_path, capsys):
     from napari_focsam.cli import main as cli_main
 
     out = tmp_path / "bench"
-    assert cli_main(["bench", "all", "--quick", "--out", str(out), "--only", "sam,sam2-memory"]) == 0
+    assert cli_main(["bench", "all", "--quick", "--out", str(out), "--only", "sam,track-memory"]) == 0
     report = _json.loads((out / "bench.json").read_text())
-    assert set(report["results"]) == {"sam", "sam2-memory"} and report["quick"] is True
+    assert set(report["results"]) == {"sam", "track-memory"} and report["quick"] is True
     assert report["machine"]["cpu"] and report["results"]["sam"]["wall_s"] > 0
     md = (out / "bench.md").read_text()
     assert md.startswith("# napari-focsam benchmarks") and "## sam (" in md and "Quick mode" in md
-    assert "## sam2-memory" in md and "## focsam" not in md
+    assert "## track-memory" in md and "## focsam" not in md
     assert "bench.json" in capsys.readouterr().out
     assert cli_main(["bench", "all", "--quick", "--out", str(out), "--only", "nope"]) == 2
+
+
+def test_bench_track_memory_prints_table_cpu_and_json(tmp_path, capsys):
+    out = tmp_path / "track.json"
+    assert main(["bench", "track-memory", "--model", "sam2_test_tiny", "--frames", "6",
+                 "--image-size", "128", "--lanes", "2", "--sample-every", "3", "--json",
+                 str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Track all over 6 frames: sam2_test_tiny (random weights) at 128^2, 2 lanes" in printed
+    assert "growth after frame 3" in printed
+    figures = json.loads(out.read_text())
+    assert [s["frame"] for s in figures["samples"]] == [3, 6]
+    assert figures["machine"]["cpu"] and f"on {figures['machine']['cpu']} (" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "sam2_hiera_z"], "unknown model 'sam2_hiera_z'"),
+    (["--frames", "0"], "argument --frames: expected a positive integer, got '0'"),
+])
+def test_bench_track_memory_bad_settings(argv, message, capsys):
+    try:
+        code = main(["bench", "track-memory", *argv])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -102,6 +102,7 @@ BUGS = {
                 "napari_focsam.api.prompts_file.read_prompts"),
     "propagate": (["propagate", "stack.tif", "--prompts", "p.csv", "-o", "out.tif"],
                   "napari_focsam.api.prompts_file.read_prompts"),
+    "track": (["track", "stack.tif", "-o", "out.tif"], "napari_focsam.api.io.open_image"),
     "evaluate": (["evaluate", "--model", "sam_test_tiny", "--dataset", "grabcut",
                   "--dataset-dir", "data", "--out", "out"], "napari_focsam.evaluation.run.run_noc"),
     "evaluate-stack": (["evaluate-stack", "--gt", "gt.tif", "--pred", "pred.tif", "--out", "out"],
@@ -113,6 +114,8 @@ BUGS = {
     "bench sam2": (["bench", "sam2"], "napari_focsam.benchmarks.sam2.run_sam2_benchmark"),
     "bench sam2-memory": (["bench", "sam2-memory"],
                           "napari_focsam.benchmarks.sam2.run_memory_benchmark"),
+    "bench track-memory": (["bench", "track-memory"],
+                           "napari_focsam.benchmarks.track_memory.run_track_memory_benchmark"),
     "bench tiling": (["bench", "tiling"], "napari_focsam.benchmarks.tiling.run_tiling_benchmark"),
 }
 

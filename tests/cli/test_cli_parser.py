@@ -17,13 +17,14 @@ LEAVES = dict(leaf_parsers(build_parser()))
 
 def test_the_registry_adds_one_command_per_module():
     names = list(subparsers(build_parser()))
-    assert names == ["weights", "embed", "segment", "propagate", "evaluate", "evaluate-stack",
-                     "bench"]
+    assert names == ["weights", "embed", "segment", "propagate", "track", "evaluate",
+                     "evaluate-stack", "bench"]
     assert len(COMMANDS) == len(names)
     assert set(LEAVES) == {"weights list", "weights download", "weights verify", "weights path",
-                           "embed", "segment", "propagate", "evaluate", "evaluate-stack",
-                           "bench all", "bench sam", "bench focsam", "bench sam2",
-                           "bench sam2-memory", "bench tiling"}
+                           "embed", "segment", "propagate", "track", "evaluate",
+                           "evaluate-stack", "bench all", "bench sam", "bench focsam",
+                           "bench sam2", "bench sam2-memory", "bench track-memory",
+                           "bench tiling"}
 
 
 @pytest.mark.parametrize("command", sorted(LEAVES))

@@ -44,6 +44,7 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
         run_sam2_benchmark,
     )
     from .tiling import format_tiling_table, run_tiling_benchmark
+    from .track_memory import format_track_memory, run_track_memory_benchmark
 
     if quick:
         sam = {"model": "sam_test_tiny", "image_hw": (128, 128), "repeats": 1}
@@ -53,6 +54,8 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
         memory = {"model_name": "sam2_test_tiny", "image_size": 128, "frames": 30,
                   "sample_every": 10, "compare_unbounded": False}
         tiling = {"size": 1536, "n": 30, "isolate": False}
+        track = {"model_name": "sam2_test_tiny", "image_size": 128, "frames": 30, "lanes": 3,
+                 "sample_every": 10}
     else:
         sam = {"model": "sam_vit_b", "repeats": 3}
         focsam = {"model": "focsam_vit_h", "repeats": 3}
@@ -60,6 +63,8 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
         memory = {"model_name": "sam2.1_hiera_tiny", "image_size": 256, "frames": 500,
                   "sample_every": 25}
         tiling = {"size": 4096, "n": 300}
+        track = {"model_name": "sam2.1_hiera_tiny", "image_size": 256, "frames": 500,
+                 "sample_every": 50}
     return [
         ("sam", lambda: run_sam_benchmark(device=device, **sam), format_sam_table),
         ("focsam", lambda: run_refiner_benchmark(device=device, threads=threads, **focsam),
@@ -68,6 +73,8 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
          format_sam2_table),
         ("sam2-memory", lambda: run_memory_benchmark(device=device, threads=threads, **memory),
          format_memory_table),
+        ("track-memory", lambda: run_track_memory_benchmark(device=device, **track),
+         format_track_memory),
         ("tiling", lambda: run_tiling_benchmark(**tiling), format_tiling_table),
     ]
 

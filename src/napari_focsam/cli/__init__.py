@@ -10,11 +10,14 @@ segment
     Draw the objects of a prompts file (CSV / JSON) on their frames -> labels TIFF.
 propagate
     Carry every prompted object through the z / t stack with SAM 2 -> labels TIFF.
+track
+    Seed every object on one frame (labels or automatic) and track them all through the stack
+    with SAM 2, new, lost and dividing objects included -> labels TIFF and / or CTC folder.
 evaluate
     NoC@85/90/95 and mIoU@k with the FocSAM click protocol on a standard dataset layout.
 evaluate-stack
     Per-frame IoU, mean J and drift of propagated objects against ground-truth labels.
-bench all | sam | focsam | sam2 | sam2-memory
+bench all | sam | focsam | sam2 | sam2-memory | track-memory | tiling
     Benchmarks: encoder, click, refine and propagation times, memory.
 
 Each subcommand is a module of this package with an ``add_parser(subparsers)`` function
@@ -30,16 +33,16 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import bench, embed, evaluate, evaluate_stack, propagate, segment, weights
+from . import bench, embed, evaluate, evaluate_stack, propagate, segment, track, weights
 from .exits import configure_logging, exit_codes_epilog, run_command
 
 __all__ = ["COMMANDS", "build_parser", "main", "run"]
 
 _DESCRIPTION = ("napari-focsam without napari: model weights, embeddings, segmentation, "
-                "propagation, evaluation and benchmarks.")
+                "propagation, tracking, evaluation and benchmarks.")
 
 #: The subcommand modules, in ``--help`` order.
-COMMANDS = (weights, embed, segment, propagate, evaluate, evaluate_stack, bench)
+COMMANDS = (weights, embed, segment, propagate, track, evaluate, evaluate_stack, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,9 @@ bench sam2
     SAM 2 image-encoder time and propagation time per frame (1 and 3 objects, fp32 / bf16).
 bench sam2-memory
     Resident memory while propagating through a long synthetic stack (flat when bounded).
+bench track-memory
+    Resident memory and what the propagation engine holds while "Track all" (``track``)
+    carries objects through a long synthetic stack (flat when bounded).
 bench tiling
     Small nuclei on a large synthetic field, one click each: tiled against resized embeddings
     (mean IoU, nuclei found, time, peak memory), with a stand-in model of SAM's geometry.
@@ -48,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     suite.add_argument("--quick", action="store_true",
                        help="tiny configs: checks the machinery in seconds (figures mean nothing)")
     suite.add_argument("--only", type=_names, default=None,
-                       help="comma-separated subset of sam,focsam,sam2,sam2-memory,tiling")
+                       help="comma-separated subset of sam,focsam,sam2,sam2-memory,track-memory,tiling")
     set_command(suite, _all, interrupted="bench.json and bench.md in --out hold the "
                                          "benchmarks finished so far")
 
@@ -88,6 +91,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="skip the unbounded run shown for contrast")
     set_command(mem, _sam2_memory, interrupted=_NOTHING_WRITTEN)
 
+    track = target("track-memory", "RSS and engine memory over a long 'track' run")
+    track.add_argument("--model", default="sam2.1_hiera_tiny",
+                       help="SAM 2 config (default sam2.1_hiera_tiny; sam2_test_tiny for a quick "
+                            "check)")
+    track.add_argument("--frames", type=_positive, default=500,
+                       help="frames of the synthetic stack (default 500)")
+    track.add_argument("--image-size", type=_positive, default=256,
+                       help="model input side and frame size (default 256)")
+    track.add_argument("--lanes", type=_positive, default=6,
+                       help="discs crossing the field, each one tracked object (default 6)")
+    track.add_argument("--sample-every", type=_positive, default=50, metavar="N",
+                       help="frames between memory samples (default 50)")
+    set_command(track, _track_memory, interrupted=_NOTHING_WRITTEN)
+
     tiling = targets.add_parser(
         "tiling", help="tiled vs resized embeddings on a large field of small nuclei",
         parents=[threads_option(), json_option()])
@@ -119,6 +136,17 @@ def _counts(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
     return counts
+
+
+def _positive(text: str) -> int:
+    """A positive integer option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _use_threads(threads: int | None) -> None:
@@ -197,3 +225,22 @@ def _tiling(args: argparse.Namespace) -> int:
     result = run_tiling_benchmark(args.size, args.nuclei, seed=args.seed, tile=args.tile_size,
                                   halo=args.tile_halo, isolate=not args.in_process)
     return _print_figures(args, result, format_tiling_table(result))
+
+
+def _track_memory(args: argparse.Namespace) -> int:
+    from ..benchmarks.timing import machine_info
+    from ..benchmarks.track_memory import format_track_memory, run_track_memory_benchmark
+    from ..families import UnknownModelError
+    from ..models.sam2.config import SAM2_CONFIGS
+
+    if args.model not in SAM2_CONFIGS:
+        raise UnknownModelError(args.model, tuple(sorted(SAM2_CONFIGS)))
+    _use_threads(args.threads)
+    result = run_track_memory_benchmark(frames=args.frames, image_size=args.image_size,
+                                        model_name=args.model, lanes=args.lanes,
+                                        sample_every=args.sample_every, device=args.device)
+    m = result["machine"] = machine_info()
+    table = (f"{format_track_memory(result)}\n"
+             f"on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads), "
+             f"torch {m['torch']}")
+    return _print_figures(args, result, table)

@@ -25,7 +25,8 @@ from .segmenter import build_segmenter, check_output, write_labels
 if TYPE_CHECKING:
     from ..api.segmenter import Segmenter
 
-__all__ = ["AUTO_MODES", "AUTO_OPTIONS", "add_parser", "auto_overrides", "frame_list", "run"]
+__all__ = ["AUTO_MODES", "AUTO_OPTIONS", "add_auto_settings", "add_parser", "auto_overrides",
+           "frame_list", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,35 @@ def frame_list(text: str) -> list[int]:
     return sorted(frames)
 
 
+def add_auto_settings(group: argparse._ArgumentGroup, *, skip: tuple[str, ...] = ()) -> None:
+    """Add the automatic mask generation settings (`AUTO_OPTIONS`, but those in `skip`) to
+    `group` (``segment --auto`` and ``track`` share them)."""
+
+    def add(option: str, **kwargs) -> None:
+        if option not in skip:
+            group.add_argument(option, **kwargs)
+
+    add("--points-per-side", type=int, default=None, metavar="N",
+        help="clicks along each side of the grid (N^2 per frame; default 32)")
+    add("--points-per-batch", type=int, default=None, metavar="N",
+        help="clicks decoded at once (memory, not results; default 64)")
+    add("--pred-iou-thresh", type=float, default=None, metavar="X",
+        help="keep masks whose predicted IoU is above X (0-1; default 0.88, SAM 2 "
+             "0.8)")
+    add("--stability-thresh", type=float, default=None, metavar="X",
+        help="keep masks whose stability score is at least X (0-1; default 0.95)")
+    add("--crop-layers", type=int, default=None, metavar="N",
+        help="also search N layers of zoomed-in crops (each encoded; slower; "
+             "default 0)")
+    add("--min-area", type=int, default=None, metavar="PX",
+        help="drop objects of fewer pixels (default: none)")
+    add("--max-area", type=int, default=None, metavar="PX",
+        help="drop objects of more pixels (default: none)")
+    add("--min-region-area", type=int, default=None, metavar="PX",
+        help="remove holes and islands smaller than this from every mask "
+             "(default 0: none)")
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``segment`` to the ``napari-focsam`` subcommands; returns its parser."""
     p = subparsers.add_parser(
@@ -95,25 +125,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     auto.add_argument("--mode", choices=AUTO_MODES, default=None,
                       help="only_background (default): new objects fill only unlabelled pixels; "
                            "replace: each frame's labels are cleared first (not with --prompts)")
-    auto.add_argument("--points-per-side", type=int, default=None, metavar="N",
-                      help="clicks along each side of the grid (N^2 per frame; default 32)")
-    auto.add_argument("--points-per-batch", type=int, default=None, metavar="N",
-                      help="clicks decoded at once (memory, not results; default 64)")
-    auto.add_argument("--pred-iou-thresh", type=float, default=None, metavar="X",
-                      help="keep masks whose predicted IoU is above X (0-1; default 0.88, SAM 2 "
-                           "0.8)")
-    auto.add_argument("--stability-thresh", type=float, default=None, metavar="X",
-                      help="keep masks whose stability score is at least X (0-1; default 0.95)")
-    auto.add_argument("--crop-layers", type=int, default=None, metavar="N",
-                      help="also search N layers of zoomed-in crops (each encoded; slower; "
-                           "default 0)")
-    auto.add_argument("--min-area", type=int, default=None, metavar="PX",
-                      help="drop objects of fewer pixels (default: none)")
-    auto.add_argument("--max-area", type=int, default=None, metavar="PX",
-                      help="drop objects of more pixels (default: none)")
-    auto.add_argument("--min-region-area", type=int, default=None, metavar="PX",
-                      help="remove holes and islands smaller than this from every mask "
-                           "(default 0: none)")
+    add_auto_settings(auto)
     p.set_defaults(usage_error=p.error)
     set_command(p, run, interrupted="no output written (cached embeddings are kept)")
     return p

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import MissingFileError
 from .table import TrackingError, TrackTable, check_label_stack, label_frames
 
-__all__ = ["export_ctc", "export_labels_tiff", "read_ctc_tracks", "split_gaps"]
+__all__ = ["check_ctc_folder", "export_ctc", "export_labels_tiff", "read_ctc_tracks", "split_gaps"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,35 @@ def _tmp_sibling(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}.{secrets.token_hex(6)}.{tag}"
 
 
+def check_ctc_folder(out_dir: str | Path, kind: str = "RES", *, overwrite: bool = False) -> None:
+    """Whether `export_ctc` may write `out_dir`: new, empty, or (with `overwrite`) holding only
+    an earlier CTC result of `kind` (its mask TIFFs and track file).
+
+    Raises
+    ------
+    FileExistsError
+        `out_dir` is a file, holds other files, or holds a result and `overwrite` is False.
+    ValueError
+        Bad `kind`.
+    """
+    if kind not in _NAMES:
+        raise ValueError(f"kind must be one of {sorted(_NAMES)}, got {kind!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    prefix, txt_name = _NAMES[kind]
+    result = re.compile(rf"^({re.escape(prefix)}\d+\.tif|{re.escape(txt_name)})$")
+    others = sorted(p.name for p in out_dir.iterdir() if not result.match(p.name))
+    if others:
+        raise FileExistsError(f"{out_dir} holds files other than a CTC {kind} result (e.g. "
+                              f"{others[0]}): choose an empty or new folder")
+    if not overwrite:
+        raise FileExistsError(f"{out_dir} holds a CTC {kind} result; pass overwrite=True to "
+                              "replace it")
+
+
 def export_ctc(
     labels: np.ndarray,
     out_dir: str | Path,
@@ -167,24 +196,14 @@ def export_ctc(
     import tifffile
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    prefix, txt_name = _NAMES[kind]
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        result = re.compile(rf"^({re.escape(prefix)}\d+\.tif|{re.escape(txt_name)})$")
-        others = sorted(p.name for p in out_dir.iterdir() if not result.match(p.name))
-        if others:
-            raise FileExistsError(f"{out_dir} holds files other than a CTC {kind} result (e.g. "
-                                  f"{others[0]}): choose an empty or new folder")
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} holds a CTC {kind} result; pass overwrite=True to "
-                                  "replace it")
+    check_ctc_folder(out_dir, kind, overwrite=overwrite)
     labels = check_label_stack(labels, min_ndim=3)
     labels, tracks = split_gaps(labels, table)
     tracks.validate()
     if tracks.ids and tracks.ids[-1] > _UINT16_MAX:
         raise TrackingError(f"CTC masks are uint16; track id {tracks.ids[-1]} does not fit")
 
+    prefix, txt_name = _NAMES[kind]
     digits = 3 if labels.shape[0] < 1000 else 4
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out_dir, "part")

@@ -9,11 +9,8 @@ a small RAM cache, so what could grow is the tracking state.
 Random weights do not follow the discs, so by default the objects are fixed: no discovery,
 divisions and losses switched off (every object is made present), and the figure is that of
 ``lanes`` objects carried through the whole stack. Objects coming and going are measured with
-a stand-in tracker in ``tests/tracking/test_track_all.py``. Not a test: run it from a shell,
-e.g.::
-
-    python -c "from napari_focsam.tracking.track_bench import *; \\
-               print(format_track_memory(run_track_memory_benchmark()))"
+a stand-in tracker in ``tests/tracking/test_track_all.py``. Run it with ``napari-focsam bench
+track-memory`` (or within ``bench all``).
 """
 
 from __future__ import annotations
@@ -34,8 +31,8 @@ from ..engine.propagation import VideoPropagator
 from ..families import family_of
 from ..models.sam2.config import SAM2_CONFIGS
 from ..models.sam2.model import build_sam2
-from .lifecycle import TrackOptions
-from .track_all import TrackAll
+from ..tracking.lifecycle import TrackOptions
+from ..tracking.track_all import TrackAll
 
 __all__ = ["LaneStack", "format_track_memory", "run_track_memory_benchmark"]
 

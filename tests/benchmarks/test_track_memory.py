@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_focsam.tracking.track_bench import LaneStack, format_track_memory, run_track_memory_benchmark
+from napari_focsam.benchmarks.track_memory import (
+    LaneStack,
+    format_track_memory,
+    run_track_memory_benchmark,
+)
 
 
 def test_lane_stack_draws_discs_that_cross_the_field():
