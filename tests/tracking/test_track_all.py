@@ -10,12 +10,9 @@ cancellation inside a frame.
 from __future__ import annotations
 
 import functools
-import gc
-import logging
 import threading
 
 import numpy as np
-import psutil
 import pytest
 import tifffile
 import torch
@@ -358,37 +355,26 @@ def _label_frame(image: np.ndarray) -> np.ndarray:
     return out
 
 
-def _rss_mib() -> float:
-    gc.collect()
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def test_memory_stays_flat_over_500_frames(sam2):
-    """500 frames of 256 x 256 with tracks ending and starting all along: the resident memory
-    after frame 500 is within a few MiB of that after frame 100 (a leak of one label frame per
-    frame would be 100 MiB; the labels themselves are touched before measuring)."""
+def test_what_is_held_stays_bounded_over_500_frames(sam2):
+    """500 frames of 256 x 256 with tracks ending and starting all along: the tracker holds a
+    bounded number of masks and the live objects stay few (memory itself is measured by
+    ``napari-focsam bench track-memory``, not here)."""
     n, hw = 500, (256, 256)
     stack = _Lanes(n, hw, n_lanes=6)
     seg = _segmenter(stack, sam2)
-    seg.labels[...] = 0  # allocate and touch every page of the labels first
     track = TrackAll(seg, seeds=_label_frame(stack.frame(0)),
                      discover=lambda flat: components(stack.frame(flat)),
                      options=TrackOptions(discover_every=5, lost_after=3),
                      propagator=BrightTracker)
-    rss, held, alive = {}, [], []
+    held, alive = [], []
     for step in track.run():
         if step.stage != "track":
             continue
         tracker = BrightTracker.instances[-1]
         held.append(tracker.held_masks())
         alive.append(step.n_objects)
-        if step.frame in (100, n - 1):
-            rss[step.frame] = _rss_mib()
-    growth = rss[n - 1] - rss[100]
-    logging.getLogger(__name__).info("resident memory at frame 100: %.1f MiB, at frame %d: "
-                                     "%.1f MiB", rss[100], n - 1, rss[n - 1])
-    assert growth < 16.0, f"resident memory grew by {growth:.1f} MiB over 400 frames"
     assert max(alive) <= 8 and max(held) <= 3 * max(alive)
+    assert max(held[400:]) <= max(held[:100]) + 2  # nothing accumulates with the frames
     # tracks did end and start all along (a disc crosses the field in about 100 frames)
     assert len(track.table) > 30
     assert sum(track.table.end[k] < n - 1 for k in track.table.ids) > 25
