@@ -1,5 +1,6 @@
 """From parsed options to a `napari_focsam.api.Segmenter`: the models, the input's axes, the
-labels written; shared by ``embed``, ``segment``, ``propagate`` and ``evaluate-stack``.
+labels written, seed label files read; shared by ``embed``, ``segment``, ``propagate``,
+``track`` and ``evaluate-stack``.
 
 Everything heavy (torch, the API) is imported when a function runs.
 """
@@ -14,12 +15,17 @@ from ..errors import UserError
 from .exits import ignoring_interrupts
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
     from ..api.io import ImageInfo
     from ..api.models import LoadedModel
     from ..api.segmenter import Segmenter
     from ..engine.tiling import Tiling
 
-__all__ = ["build_segmenter", "check_output", "load_models", "tiling_of", "write_labels"]
+__all__ = ["build_segmenter", "check_output", "load_models", "seed_planes", "tiling_of",
+           "write_labels"]
 
 
 def load_models(args: argparse.Namespace, with_propagation: bool, *,
@@ -160,3 +166,61 @@ def write_labels(seg: Segmenter, args: argparse.Namespace) -> int:
         sys.stdout.write(f"labels {labels.shape} ({axes}) with objects {present_ids(labels)} "
                          f"written to {args.output}\n")
     return 0
+
+
+def seed_planes(seg: Segmenter, seeds: np.ndarray, path: Path, *, frame: int | None = None,
+                outer: int | None = None) -> list[tuple[int, int | None, np.ndarray]]:
+    """The seed label planes of a ``--seeds`` file's array.
+
+    Parameters
+    ----------
+    seg : Segmenter
+    seeds : np.ndarray
+        ``(H, W)`` labels of one frame, or labels shaped like the data without its channel
+        axis.
+    path : Path
+        The file (for messages).
+    frame : int, optional
+        The seed frame along the stack axis: where ``(H, W)`` labels lie (default 0), and the
+        plane taken from a stack. None with a stack: every plane holding a label.
+    outer : int, optional
+        Position along the outer axis of 4D data (default 0; with a stack and `frame` None,
+        every position).
+
+    Returns
+    -------
+    list of (frame, outer, (H, W) labels)
+        ``outer`` is None for 3D data; planes in stack order.
+
+    Raises
+    ------
+    SeedError
+        Any other shape.
+    """
+    import numpy as np
+
+    from ..api.seeds import SeedError
+
+    src = seg.source
+    four_d = src.outer_axis is not None
+    if seeds.shape == tuple(src.frame_shape):
+        return [(0 if frame is None else frame, (outer or 0) if four_d else None, seeds)]
+    axes = [a for a in range(len(src.shape)) if a != src.channel_axis]
+    stack_shape = tuple(src.shape[a] for a in axes)
+    if seeds.shape != stack_shape:
+        raise SeedError(f"--seeds {path} has shape {seeds.shape}: give the seed frame's labels "
+                        f"{tuple(src.frame_shape)} or labels shaped like the input "
+                        f"{stack_shape}")
+    frames = range(src.n_stack) if frame is None else [frame]
+    outers = [None] if not four_d else ([outer or 0] if frame is not None or outer is not None
+                                        else range(src.n_outer))
+    out = []
+    for o in outers:
+        for f in frames:
+            where = {src.stack_axis: f}
+            if o is not None:
+                where[src.outer_axis] = o
+            plane = seeds[tuple(where.get(a, slice(None)) for a in axes)]
+            if frame is not None or np.any(plane):
+                out.append((f, o, plane))
+    return out

@@ -34,10 +34,9 @@ from .common import (
     tiling_options,
 )
 from .exits import ignoring_interrupts
-from .segmenter import build_segmenter, write_labels
+from .segmenter import build_segmenter, seed_planes, write_labels
 
 if TYPE_CHECKING:
-    import numpy as np
 
     from ..api.segmenter import Segmenter
     from ..tracking.lifecycle import TrackOptions
@@ -225,34 +224,6 @@ def track_options(args: argparse.Namespace) -> TrackOptions:
         raise
 
 
-def _seed_plane(seg: Segmenter, seeds: np.ndarray, frame: int, outer: int | None,
-                path: Path) -> np.ndarray:
-    """The ``(H, W)`` seed labels of `frame` from the ``--seeds`` file's array: the array itself
-    when it is one frame, else its plane at (`outer`, `frame`) when it is shaped like the data
-    without its channel axis.
-
-    Raises
-    ------
-    SeedError
-        Any other shape.
-    """
-    from ..api.seeds import SeedError
-
-    src = seg.source
-    if seeds.shape == tuple(src.frame_shape):
-        return seeds
-    axes = [a for a in range(len(src.shape)) if a != src.channel_axis]
-    stack_shape = tuple(src.shape[a] for a in axes)
-    if seeds.shape != stack_shape:
-        raise SeedError(f"--seeds {path} has shape {seeds.shape}: give the seed frame's labels "
-                        f"{tuple(src.frame_shape)} or labels shaped like the input "
-                        f"{stack_shape}")
-    where = {src.stack_axis: frame}
-    if src.outer_axis is not None:
-        where[src.outer_axis] = 0 if outer is None else outer
-    return seeds[tuple(where.get(a, slice(None)) for a in axes)]
-
-
 def _discoverer(seg: Segmenter, overrides: dict) -> Callable[[int], list]:
     """Automatic mask generation with the interactive model and the settings given."""
     from ..api import automatic
@@ -285,7 +256,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--outer picks a position along --outer-axis: it applies to 4D data only")
     seg.flat_frame(options.seed_frame, args.outer)  # the seed frame and outer index exist
     if seeds is not None:
-        seeds = _seed_plane(seg, seeds, options.seed_frame, args.outer, args.seeds)
+        seeds = seed_planes(seg, seeds, args.seeds, frame=options.seed_frame,
+                            outer=args.outer)[0][2]
     extra = {} if PROPAGATOR is None else {"propagator": PROPAGATOR}
     discover = _discoverer(seg, overrides) if _discovers(args) else None
     track = TrackAll(seg, seeds=seeds, discover=discover, options=options, outer=args.outer,
