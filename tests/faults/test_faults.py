@@ -119,6 +119,24 @@ def test_sigint_leaves_no_output_and_the_old_one_intact(stack_file, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".labels", "labels.tif."))]
 
 
+def test_sigint_while_the_models_are_imported_exits_130(stack_file, tmp_path):
+    """Ctrl-C in the first second (torch and the API being imported: an interrupt inside a
+    compiled extension's import used to abort the interpreter, or leave it exiting by SIGINT
+    after printing 'interrupted')."""
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("object_id,frame,kind,row,col,label\n1,3,point,18,18,1\n")
+    out = tmp_path / "labels.tif"
+    for delay in (0.3, 0.6, 0.9, 1.2):
+        proc = _cli("propagate", str(stack_file), *MODELS, "--prompts", str(prompts), "-o",
+                    str(out), "--no-cache", "--quiet")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, (delay, err)
+        assert err.startswith("napari-focsam: interrupted") and "Traceback" not in err
+        assert not out.exists()
+
+
 # ---------------------------------------------------------------------- concurrent processes
 def test_concurrent_commands_on_one_cache(stack_file, tmp_path, reference):
     cache = tmp_path / "cache"

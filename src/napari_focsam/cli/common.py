@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["axis_options", "cache_options", "device_options", "json_option", "model_options",
+__all__ = ["HEAVY_IMPORTS", "axis_options", "cache_options", "device_options", "json_option", "model_options",
            "prompts_options", "quiet_option", "set_command", "show_progress", "stack_kind_option",
            "threads_option", "tiling_options"]
 
@@ -25,8 +25,13 @@ R = TypeVar("R")
 Command = Callable[[argparse.Namespace], int]
 
 
+#: What commands import before they run, with Ctrl-C held (see `exits.run_command`).
+HEAVY_IMPORTS = ("torch", "napari_focsam.api")
+
+
 def set_command(parser: argparse.ArgumentParser, func: Command, *,
-                interrupted: str = "nothing written") -> None:
+                interrupted: str = "nothing written",
+                preload: tuple[str, ...] = HEAVY_IMPORTS) -> None:
     """Make `parser` run ``func(args)`` (see `exits.run_command`).
 
     Parameters
@@ -37,9 +42,12 @@ def set_command(parser: argparse.ArgumentParser, func: Command, *,
         Runs the command; returns its exit code.
     interrupted : str
         What an interruption leaves behind, printed after ``interrupted;``.
+    preload : tuple of str
+        Modules imported before `func` runs, with Ctrl-C held until they are loaded (an
+        interrupt inside torch's import aborts the interpreter); ``()`` for light commands.
     """
     during = " ".join(parser.prog.split()[1:])  # "napari-focsam weights list" -> "weights list"
-    parser.set_defaults(func=func, during=during, interrupted=interrupted)
+    parser.set_defaults(func=func, during=during, interrupted=interrupted, preload=preload)
 
 
 def _parent() -> argparse.ArgumentParser:

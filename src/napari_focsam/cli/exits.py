@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import enum
+import importlib
 import logging
 import signal
 import sys
@@ -21,8 +22,8 @@ from dataclasses import dataclass
 
 from ..errors import report_internal_error
 
-__all__ = ["EXIT_CODES", "Exit", "ExitRule", "configure_logging", "exit_code", "exit_codes_epilog",
-           "ignoring_interrupts", "run_command"]
+__all__ = ["EXIT_CODES", "Exit", "ExitRule", "configure_logging", "deferring_interrupts",
+           "exit_code", "exit_codes_epilog", "ignoring_interrupts", "run_command"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,9 @@ def run_command(args: argparse.Namespace) -> int:
         printed as one ``napari-focsam: ...`` line on stderr.
     """
     try:
+        with deferring_interrupts():  # Ctrl-C inside an extension's import can abort the process
+            for module in getattr(args, "preload", ()):
+                importlib.import_module(module)
         return int(args.func(args))
     except (Exception, KeyboardInterrupt) as exc:
         code = exit_code(exc)
@@ -133,6 +137,25 @@ def run_command(args: argparse.Namespace) -> int:
             logger.debug("details", exc_info=exc)
         sys.stderr.write(f"napari-focsam: {message}\n")
         return int(code)
+
+
+@contextlib.contextmanager
+def deferring_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) inside the block, in the main thread, and raise `KeyboardInterrupt`
+    when it ends if one came: for imports of compiled extensions (torch), where an interrupt
+    can abort the interpreter or leave it exiting by SIGINT whatever the exit code. Elsewhere
+    (other threads) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager

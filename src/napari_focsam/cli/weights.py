@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              parents=[cache])
     lst.add_argument("--check", action="store_true",
                      help="hash the cached files (slow for GB files)")
-    set_command(lst, _list)
+    set_command(lst, _list, preload=())
 
     dl = actions.add_parser("download", help="download a checkpoint into the cache",
                             parents=[cache])
@@ -61,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     help="mirror base URL: fetch <BASE>/<file name> (default: "
                          "$NAPARI_FOCSAM_WEIGHTS_URL, else the official URL)")
     dl.add_argument("--no-progress", action="store_true", help="no progress bar")
-    set_command(dl, _download, interrupted="nothing written (the partial download is deleted)")
+    set_command(dl, _download, interrupted="nothing written (the partial download is deleted)",
+                preload=())
 
     ver = actions.add_parser("verify", help="check a checkpoint's SHA-256", parents=[cache])
     ver.add_argument("model", help="model id (see `weights list`)")
@@ -74,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     path = actions.add_parser("path", help="print where a checkpoint is (or goes) in the cache",
                               parents=[cache])
     path.add_argument("model", help="model id (see `weights list`)")
-    set_command(path, _path)
+    set_command(path, _path, preload=())
     return weights
 
 
