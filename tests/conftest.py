@@ -10,9 +10,17 @@ first.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from parity_fixtures import PARITY_KINDS, load_parity_fixture, parity_dirs, parity_files
+
+# kernel choices measured by the tests' inference-sized calls stay out of the user's cache
+os.environ.setdefault("NAPARI_FOCSAM_KERNEL_CACHE",
+                      str(Path(tempfile.mkdtemp(prefix="focsam-kernels-")) / "kernels.json"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

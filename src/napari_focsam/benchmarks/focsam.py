@@ -16,8 +16,10 @@ from torch import nn
 
 from ..engine.precision import autocast_context, resolve_device, resolve_encoder_dtype
 from ..families import UnknownModelError
+from ..models import kernels
 from ..models.focsam import FOCSAM_CONFIGS, FocSamConfig, FocusRefiner
 from ..models.sam import SamModel
+from .floors import FLOOR_HEADER, count_flops, floor_cells, floor_entry, gemm_peaks, peaks_line
 from .timing import Timing, machine_info, peak_rss_mib, time_call
 
 logger = logging.getLogger(__name__)
@@ -99,7 +101,10 @@ def run_refiner_benchmark(
         min/median seconds); ``decode`` (fp32 single-mask decoder pass with the clicks and the
         previous logits, on ``original`` and ``refined`` embeddings: min/median seconds);
         ``postprocess`` (low-res logits to a binary canvas-sized mask); ``click`` (decode on
-        refined embeddings + postprocess); ``peak_rss_mib``.
+        refined embeddings + postprocess); ``peak_rss_mib``. Floors: every timed entry also
+        holds ``flops``, ``floor_s`` (FLOPs / this machine's GEMM peak in the entry's precision;
+        the decoder runs in fp32) and ``floor_ratio`` (min / floor); ``floors`` (``gemm_peak``
+        per precision); ``kernels`` (the kernel choices made).
     """
     if model not in FOCSAM_CONFIGS:
         raise UnknownModelError(model, tuple(sorted(FOCSAM_CONFIGS)))
@@ -181,6 +186,23 @@ def _run(cfg: FocSamConfig, model: str, dtypes: dict[str, torch.dtype], repeats:
     result["postprocess"] = time_call(_synchronised(postprocess, dev), clicks, warmup=2).as_dict()
     result["click"] = time_call(_synchronised(click, dev), clicks, warmup=2).as_dict()
     result["peak_rss_mib"] = peak_rss_mib()
+
+    # floors: FLOPs counted on one more (fp32) run of each, over this machine's GEMM peak
+    peaks = gemm_peaks(("fp32", *dtypes), dev)
+    for case, coarse in cases.items():
+        with torch.inference_mode():
+            flops = count_flops(lambda coarse=coarse: refiner(embeddings, coarse, mask_token))
+        for name in dtypes:
+            entry = result["refine"][name][case]
+            entry.update(floor_entry(flops, peaks[name], entry["min_s"]))
+    counted = {"original": lambda: decode(embeddings), "refined": lambda: decode(refined)}
+    for key, fn in counted.items():
+        entry = result["decode"][key]
+        entry.update(floor_entry(count_flops(fn), peaks["fp32"], entry["min_s"]))
+    for key, fn in (("postprocess", postprocess), ("click", click)):
+        result[key].update(floor_entry(count_flops(fn), peaks["fp32"], result[key]["min_s"]))
+    result["floors"] = {"gemm_peak": peaks}
+    result["kernels"] = kernels.choices()
     return result
 
 
@@ -204,18 +226,23 @@ def format_focsam_table(result: dict) -> str:
                      f"{sum(counts)} window passes in all")
     lines += [
         "",
-        f"{'measurement':<44} {'min':>10} {'median':>10}",
-        f"{'-' * 44} {'-' * 10} {'-' * 10}",
+        f"{'measurement':<44} {'min':>10} {'median':>10} {FLOOR_HEADER}",
+        f"{'-' * 44} {'-' * 10} {'-' * 10} {'-' * 10} {'-' * 9}",
     ]
     for name, cases in result["refine"].items():
         for case, t in cases.items():
             label = f"refine, {labels[case]}, {name}"
-            lines.append(f"{label:<44} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms")
+            lines.append(f"{label:<44} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms "
+                         f"{floor_cells(t, 'ms')}")
     rows = [(f"decode {s['clicks']} clicks + prev logits (original emb)", result["decode"]["original"]),
             (f"decode {s['clicks']} clicks + prev logits (refined emb)", result["decode"]["refined"]),
             (f"postprocess -> mask {s['canvas']}x{s['canvas']}", result["postprocess"]),
             ("click on refined emb (decode + postprocess)", result["click"])]
     for label, t in rows:
-        lines.append(f"{label:<44} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms")
+        lines.append(f"{label:<44} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms "
+                     f"{floor_cells(t, 'ms')}")
     lines.append(f"{'peak RSS':<44} {result['peak_rss_mib']:>8.0f}MiB")
+    if "floors" in result:
+        lines += ["", peaks_line(result["floors"]["gemm_peak"]) + " (decoder: fp32; '-': no "
+                  "matmul FLOPs counted)"]
     return "\n".join(lines)

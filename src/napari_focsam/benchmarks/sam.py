@@ -14,7 +14,9 @@ import torch
 from ..engine.precision import autocast_context, resolve_device, resolve_encoder_dtype
 from ..engine.sam_predictor import SamPredictor
 from ..families import UnknownModelError
+from ..models import kernels
 from ..models.sam import SAM_CONFIGS, build_sam
+from .floors import FLOOR_HEADER, count_flops, floor_cells, floor_entry, gemm_peaks, meta_flops, peaks_line
 from .timing import machine_info, peak_rss_mib, time_call
 
 logger = logging.getLogger(__name__)
@@ -50,7 +52,11 @@ def run_sam_benchmark(
     -------
     dict
         ``machine``, ``settings``, ``encoder`` (per dtype: min/median seconds),
-        ``click`` (single-mask and multimask: min/median seconds), ``peak_rss_mib``.
+        ``click`` (single-mask and multimask: min/median seconds), ``peak_rss_mib``; with each
+        timed entry its ``flops``, ``floor_s`` (FLOPs / this machine's GEMM peak in the entry's
+        precision; clicks run in fp32) and ``floor_ratio`` (min / floor); ``floors``
+        (``gemm_peak`` per precision: `floors.gemm_peak`); ``kernels`` (the kernel choices
+        made, `models.kernels.choices`).
     """
     if model not in SAM_CONFIGS:
         raise UnknownModelError(model, tuple(sorted(SAM_CONFIGS)))
@@ -86,11 +92,28 @@ def run_sam_benchmark(
     h, w = image_hw
     point = np.array([[h * 0.4, w * 0.6]])
     label = np.array([1])
+    click_flops = {}
     for multimask in (False, True):
+        name = "multimask" if multimask else "single"
         timing = time_call(lambda m=multimask: predictor.predict(point, label, multimask=m),
                            max(repeats, 10), warmup=2)
-        result["click"]["multimask" if multimask else "single"] = timing.as_dict()
+        result["click"][name] = timing.as_dict()
+        click_flops[name] = count_flops(lambda m=multimask: predictor.predict(point, label, multimask=m))
     result["peak_rss_mib"] = peak_rss_mib()
+
+    # floors: FLOPs (the encoder's counted on the meta device) over this machine's GEMM peak
+    peaks = gemm_peaks(("fp32", *dtypes), dev)
+    flops = meta_flops(lambda: build_sam(SAM_CONFIGS[model]),
+                       lambda m: m.image_encoder(torch.zeros(1, 3, size, size)))
+    if flops is None:
+        with torch.inference_mode():
+            flops = count_flops(lambda: net.image_encoder(x))
+    for name, entry in result["encoder"].items():
+        entry.update(floor_entry(flops, peaks[name], entry["min_s"]))
+    for name, entry in result["click"].items():
+        entry.update(floor_entry(click_flops[name], peaks["fp32"], entry["min_s"]))
+    result["floors"] = {"gemm_peak": peaks}
+    result["kernels"] = kernels.choices()
     return result
 
 
@@ -102,15 +125,18 @@ def format_sam_table(result: dict) -> str:
         f"{m['torch_threads']} threads, {m['cpu']}, torch {m['torch']}, "
         f"native bf16: {m['cpu_native_bf16']}",
         "",
-        f"{'measurement':<42} {'min':>10} {'median':>10}",
-        f"{'-' * 42} {'-' * 10} {'-' * 10}",
+        f"{'measurement':<42} {'min':>10} {'median':>10} {FLOOR_HEADER}",
+        f"{'-' * 42} {'-' * 10} {'-' * 10} {'-' * 10} {'-' * 9}",
     ]
     for name, t in result["encoder"].items():
         lines.append(f"{'image encoder 1024x1024, ' + name:<42} {t['min_s']:>9.3f}s "
-                     f"{t['median_s']:>9.3f}s")
+                     f"{t['median_s']:>9.3f}s {floor_cells(t)}")
     hw = "x".join(str(v) for v in s["image_hw"])
     for name, t in result["click"].items():
         label = f"click -> mask {hw} ({name})"
-        lines.append(f"{label:<42} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms")
+        lines.append(f"{label:<42} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms "
+                     f"{floor_cells(t, 'ms')}")
     lines.append(f"{'peak RSS':<42} {result['peak_rss_mib']:>8.0f}MiB")
+    if "floors" in result:
+        lines += ["", peaks_line(result["floors"]["gemm_peak"]) + " (clicks: fp32)"]
     return "\n".join(lines)

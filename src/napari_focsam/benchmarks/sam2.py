@@ -31,8 +31,10 @@ from ..engine.precision import autocast_context, resolve_device, resolve_encoder
 from ..engine.propagation import VideoPropagator
 from ..engine.propagation_state import PropagationOptions
 from ..families import UnknownModelError
+from ..models import kernels
 from ..models.sam2.config import SAM2_CONFIGS, Sam2Config
 from ..models.sam2.model import Sam2Model, build_sam2
+from .floors import FLOOR_HEADER, count_flops, floor_cells, floor_entry, gemm_peaks, meta_flops, peaks_line
 from .timing import BenchmarkError, machine_info, peak_rss_mib
 
 __all__ = [
@@ -108,12 +110,17 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _build(model_name: str, image_size: int | None, device: torch.device, seed: int) -> Sam2Model:
+def _config(model_name: str, image_size: int | None) -> Sam2Config:
     if model_name not in SAM2_CONFIGS:
         raise UnknownModelError(model_name, tuple(sorted(SAM2_CONFIGS)))
     config: Sam2Config = SAM2_CONFIGS[model_name]
     if image_size is not None:
         config = config.replace(image_size=int(image_size))
+    return config
+
+
+def _build(model_name: str, image_size: int | None, device: torch.device, seed: int) -> Sam2Model:
+    config = _config(model_name, image_size)
     torch.manual_seed(seed)
     return build_sam2(config).to(device)
 
@@ -173,7 +180,13 @@ def run_sam2_benchmark(
         ``propagation`` (per dtype, per object count as a string: min/median seconds per
         tracked frame, ``ran``, ``error``, ``autocast_dtypes`` seen at the outputs of the
         memory attention's first Linear and of the mask decoder, ``mask_agreement_vs_fp32``),
-        ``peak_rss_mib``.
+        ``peak_rss_mib``. Floors (FLOPs over this machine's GEMM peak in the entry's precision):
+        ``flops``, ``floor_s``, ``floor_ratio`` (min / floor) in each encoder entry, and in
+        each propagation entry (FLOPs of the last frame's step, the fullest memory bank; also
+        in its ``steady``); ``per_object`` (per dtype, per object count N > 1: ``seconds`` =
+        (time(N) - time(1)) / (N - 1) from the steady medians, else the medians, ``basis``,
+        ``flops`` = (FLOPs(N) - FLOPs(1)) / (N - 1), ``floor_s``, ``floor_ratio``);
+        ``floors`` (``gemm_peak`` per precision); ``kernels`` (the kernel choices made).
     """
     if frames < 2:
         raise BenchmarkError(f"frames must be at least 2 (one prompted, one tracked), got {frames}")
@@ -193,6 +206,7 @@ def run_sam2_benchmark(
             "propagation": {},
         }
         fp32_masks: dict[int, list[np.ndarray]] = {}
+        step_flops: dict[int, int | None] = {}  # object count -> FLOPs of the last frame's step
         for name in dtypes:
             dtype = resolve_encoder_dtype(dev, name)
             StackFeatures(net, stack, encoder_dtype=dtype)(0)  # warm-up
@@ -207,7 +221,11 @@ def run_sam2_benchmark(
 
             per_count: dict[str, dict] = {}
             for n_obj in objects:
-                entry = _time_propagation(net, feats, stack, int(n_obj), dev, dtype, passes)
+                entry = _time_propagation(net, feats, stack, int(n_obj), dev, dtype, passes,
+                                          count_flops_of_last=n_obj not in step_flops)
+                counted = entry.pop("last_step_flops", None)
+                if n_obj not in step_flops:
+                    step_flops[n_obj] = counted
                 masks = entry.pop("masks")
                 if dtype == torch.float32:
                     fp32_masks[n_obj] = masks
@@ -222,12 +240,59 @@ def run_sam2_benchmark(
                     logger.warning("propagation %s, %d objects failed: %s", name, n_obj, entry["error"])
             result["propagation"][name] = per_count
         result["peak_rss_mib"] = peak_rss_mib()
+        _add_floors(result, net, dev, step_flops)
     return result
 
 
+def _add_floors(result: dict, net: Sam2Model, dev: torch.device, step_flops: dict[int, int | None]
+                ) -> None:
+    """Floors of the encoder, propagation and per-extra-object figures (see
+    :func:`run_sam2_benchmark`)."""
+    s = result["settings"]
+    peaks = gemm_peaks(s["dtypes"], dev)
+    config = _config(s["model"], s["image_size"])
+    size = s["image_size"]
+    flops = meta_flops(lambda: build_sam2(config), lambda m: m.encode_image(torch.zeros(1, 3, size, size)))
+    if flops is None:
+        x = torch.zeros(1, 3, size, size, device=dev)
+        with torch.inference_mode():
+            flops = count_flops(lambda: net.encode_image(x))
+    for name, entry in result["encoder"].items():
+        entry.update(floor_entry(flops, peaks[name], entry["min_s"]))
+    result["per_object"] = {}
+    for name, per_count in result["propagation"].items():
+        for count, entry in per_count.items():
+            if not entry["ran"]:
+                continue
+            f = step_flops.get(int(count))
+            entry.update(floor_entry(f, peaks[name], entry["min_s"]))
+            if "steady" in entry:
+                entry["steady"].update(floor_entry(f, peaks[name], entry["steady"]["min_s"]))
+        one = per_count.get("1")
+        extra: dict[str, dict] = {}
+        for count, entry in per_count.items():
+            n = int(count)
+            if n == 1 or one is None or not (entry["ran"] and one["ran"]):
+                continue
+            steady = "steady" in entry and "steady" in one
+            t_n = entry["steady"]["median_s"] if steady else entry["median_s"]
+            t_1 = one["steady"]["median_s"] if steady else one["median_s"]
+            f_n, f_1 = step_flops.get(n), step_flops.get(1)
+            per = (f_n - f_1) / (n - 1) if f_n and f_1 else None
+            seconds = (t_n - t_1) / (n - 1)
+            extra[count] = {"seconds": seconds, "basis": "steady median" if steady else "median",
+                            **floor_entry(per, peaks[name], seconds)}
+        if extra:
+            result["per_object"][name] = extra
+    result["floors"] = {"gemm_peak": peaks}
+    result["kernels"] = kernels.choices()
+
+
 def _time_propagation(net: Sam2Model, feats: StackFeatures, stack: DiscStack, n_objects: int,
-                      device: torch.device, dtype: torch.dtype, passes: int) -> dict:
-    """Time the tracked frames of `passes` propagation passes (after a warm-up pass)."""
+                      device: torch.device, dtype: torch.dtype, passes: int,
+                      count_flops_of_last: bool = False) -> dict:
+    """Time the tracked frames of `passes` propagation passes (after a warm-up pass); with
+    `count_flops_of_last`, ``last_step_flops`` holds the FLOPs of the warm-up's last step."""
     seen: dict[str, set[str]] = {"memory_attention": set(), "sam_mask_decoder": set()}
 
     def hook(name: str):
@@ -249,7 +314,19 @@ def _time_propagation(net: Sam2Model, feats: StackFeatures, stack: DiscStack, n_
         with torch.no_grad(), autocast_context(device, dtype):
             prop = VideoPropagator(net, feats, stack.hw, PropagationOptions())
             _prompt_objects(prop, stack, n_objects)
-            for result in prop.propagate():  # warm-up, and the masks compared across dtypes
+            # warm-up, and the masks compared across dtypes; the last step's FLOPs are counted
+            # (outside the timed passes: counting slows it down)
+            gen = prop.propagate()
+            while True:
+                if count_flops_of_last and len(masks) == len(stack) - 1:
+                    step: dict = {}
+                    entry["last_step_flops"] = count_flops(
+                        lambda step=step: step.update(r=next(gen, None)))
+                    result = step["r"]
+                else:
+                    result = next(gen, None)
+                if result is None:
+                    break
                 masks.append(result.masks())
             for name in seen:
                 seen[name].clear()
@@ -291,11 +368,12 @@ def format_sam2_table(result: dict) -> str:
         f"native bf16: {m['cpu_native_bf16']}",
         f"{s['frames']} frames; propagation timed over {s['passes']} passes with cached features",
         "",
-        f"{'measurement (per frame)':<46} {'min':>10} {'median':>10}",
-        f"{'-' * 46} {'-' * 10} {'-' * 10}",
+        f"{'measurement (per frame)':<46} {'min':>10} {'median':>10} {FLOOR_HEADER}",
+        f"{'-' * 46} {'-' * 10} {'-' * 10} {'-' * 10} {'-' * 9}",
     ]
     for name, t in result["encoder"].items():
-        lines.append(f"{'image encoder, ' + name:<46} {t['min_s']:>9.3f}s {t['median_s']:>9.3f}s")
+        lines.append(f"{'image encoder, ' + name:<46} {t['min_s']:>9.3f}s {t['median_s']:>9.3f}s "
+                     f"{floor_cells(t)}")
     notes = []
     for name, per_count in result["propagation"].items():
         for count, t in per_count.items():
@@ -305,17 +383,29 @@ def format_sam2_table(result: dict) -> str:
                 lines.append(f"{label:<46} {'failed':>21}")
                 notes.append(f"{name}, {objects}: {t['error']}")
                 continue
-            lines.append(f"{label:<46} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms")
+            lines.append(f"{label:<46} {t['min_s'] * 1e3:>8.1f}ms {t['median_s'] * 1e3:>8.1f}ms "
+                         f"{floor_cells(t, 'ms')}")
             if "steady" in t:
                 full = f"  ... memory bank full, {objects}, {name}"
                 lines.append(f"{full:<46} {t['steady']['min_s'] * 1e3:>8.1f}ms "
-                             f"{t['steady']['median_s'] * 1e3:>8.1f}ms")
+                             f"{t['steady']['median_s'] * 1e3:>8.1f}ms {floor_cells(t['steady'], 'ms')}")
             if name != "fp32":
                 seen = ", ".join(f"{k} {'/'.join(v) or '-'}" for k, v in t["autocast_dtypes"].items())
                 agree = t.get("mask_agreement_vs_fp32")
                 agree_text = "" if agree is None else f"; masks agree with fp32 on {agree:.2%} of pixels"
                 notes.append(f"{name}, {objects}: outputs {seen}{agree_text}")
+    for name, per_count in result.get("per_object", {}).items():
+        for count, t in per_count.items():
+            label = f"each extra object (1 -> {count}), {name}"
+            sec = t["seconds"] * 1e3
+            lines.append(f"{label:<46} {'':>10} {sec:>8.1f}ms {floor_cells(t, 'ms')}")
     lines.append(f"{'peak RSS':<46} {result['peak_rss_mib']:>8.0f}MiB")
+    if "floors" in result:
+        lines += ["", peaks_line(result["floors"]["gemm_peak"]),
+                  "propagation floors: FLOPs of the last frame's step (the fullest memory bank)",
+                  "each extra object: (time(N) - time(1)) / (N - 1) of the medians (memory bank "
+                  "full where timed);",
+                  "  its floor: (FLOPs(N) - FLOPs(1)) / (N - 1) / peak, ratio: that time / floor"]
     if notes:
         lines += ["", *notes]
     return "\n".join(lines)

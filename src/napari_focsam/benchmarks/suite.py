@@ -122,6 +122,9 @@ def run_suite(out_dir: str | Path, *, quick: bool = False, device: str = "cpu",
         result["wall_s"] = time.perf_counter() - start
         report["results"][name] = result
         report["tables"][name] = fmt(result)
+        if "floors" in result:  # the GEMM peaks (measured once per process)
+            report.setdefault("floors", {"gemm_peak": {}})["gemm_peak"].update(
+                result["floors"]["gemm_peak"])
         _write(out / "bench.json", json.dumps(report, indent=2, default=str))
         _write(out / "bench.md", suite_markdown(report))
         yield SuiteStep(name, done, len(plan))
@@ -138,6 +141,11 @@ def suite_markdown(report: dict) -> str:
         f"torch {m['torch']}, Python {m['python']}. Random weights (speed does not depend on "
         "them); the tiling benchmark uses a stand-in model with SAM's geometry.",
     ]
+    if report.get("floors"):
+        from .floors import peaks_line
+
+        lines += ["", peaks_line(report["floors"]["gemm_peak"]) + ": the floor columns are the "
+                  "time if every FLOP ran at this speed, min/floor how far the figure is from it."]
     if report["quick"]:
         lines += ["", "**Quick mode: tiny configs, a smoke test: the figures mean nothing.**"]
     for name, table in report["tables"].items():

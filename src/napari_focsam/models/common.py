@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import kernels
 
 
 class LayerNorm2d(nn.Module):
@@ -101,20 +105,23 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, -1)
 
 
-#: Query rows per block of `attend`'s bf16 CPU path (bounds the score buffer to
+#: Query rows per block of the blocked attention kernel (bounds the score buffer to
 #: ``rows x Nk`` per batch and head).
 ATTENTION_QUERY_BLOCK = 512
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
            key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Scaled dot-product attention, with a faster path for bf16 on CPU.
+    """Scaled dot-product attention, with the kernel chosen by measurement.
 
-    PyTorch's CPU SDPA kernels gain nothing from bf16 (measured: 1.28 s bf16 vs 1.08 s fp32 for
-    4096 queries x 28672 keys x 256 channels on 2 threads). For bf16 CPU inputs the scores are
-    computed block by block with bf16 GEMMs (about 2.5x faster); the softmax runs in fp32
-    inside the kernel and its output is rounded to bf16, as in the GEMM-based attention of GPU
-    autocast. Everything else goes to ``F.scaled_dot_product_attention``.
+    Two kernels compute it, equal up to rounding (`napari_focsam.models.kernels`, op
+    ``"attention"``): ``"sdpa"`` (``F.scaled_dot_product_attention``) and ``"blocked"``
+    (`attend_blocked`: batched GEMMs over blocks of query rows). On inference-sized inputs the
+    faster on this machine is measured once per shape bucket and remembered; otherwise, and
+    when measuring is off, the default rule applies: ``"blocked"`` for bf16 on a CPU with native
+    bf16 GEMMs (PyTorch's CPU SDPA kernels gain nothing from bf16: 1.28 s bf16 vs 1.08 s fp32
+    for 4096 queries x 28672 keys x 256 channels on 2 threads of an AMD EPYC with avx512_bf16,
+    while its bf16 GEMMs are about 2.5x faster), ``"sdpa"`` for everything else.
 
     Parameters
     ----------
@@ -130,10 +137,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     torch.Tensor
         ``B x h x Nq x Dv``.
     """
-    fast = q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.bfloat16
-    if not fast:
-        mask = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)[:, None, None, :]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return kernels.run("attention", q, k, v, key_padding_mask)
+
+
+def attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`attend` with ``F.scaled_dot_product_attention`` (the ``"sdpa"`` kernel)."""
+    mask = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """`attend` with batched GEMMs over blocks of `ATTENTION_QUERY_BLOCK` query rows (the
+    ``"blocked"`` kernel), in the inputs' dtype.
+
+    For bf16 the softmax runs in fp32 inside the kernel and its output is rounded to bf16, as in
+    the GEMM-based attention of GPU autocast.
+    """
     b, h, nq, d = q.shape
     q = (q * d ** -0.5).reshape(b * h, nq, d)
     kt = k.reshape(b * h, -1, d).transpose(1, 2)
@@ -151,6 +172,52 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             scores += bias
         torch.bmm(torch.softmax(scores, dim=-1), vv, out=out[:, rows])
     return out.view(b, h, nq, -1)
+
+
+def _attention_default(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       key_padding_mask: torch.Tensor | None = None) -> str:
+    """The built-in rule: ``"blocked"`` for bf16 on a CPU with native bf16 GEMMs, else
+    ``"sdpa"`` (without them bf16 GEMMs are emulated: 30-100x slower than SDPA, measured on an
+    AMD EPYC without avx512_bf16)."""
+    bf16_cpu = q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.bfloat16
+    return "blocked" if bf16_cpu and kernels.cpu_native_bf16() else "sdpa"
+
+
+def _attention_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   key_padding_mask: torch.Tensor | None = None) -> kernels.KernelKey | None:
+    """Shape bucket of an attention call: ``B*h``, ``Nq``, ``Nk`` rounded up to powers of two,
+    ``D`` and ``Dv`` exact; None for mixed dtypes or devices (not measured)."""
+    if not (q.dtype == k.dtype == v.dtype and q.device == k.device == v.device) or q.dim() != 4:
+        return None
+    b, h, nq, d = q.shape
+    nk, dv = k.shape[-2], v.shape[-1]
+    p2 = kernels.next_pow2
+    shape = f"bh{p2(b * h)}.nq{p2(nq)}.nk{p2(nk)}.d{d}.dv{dv}"
+    flops = 2.0 * b * h * nq * nk * (d + dv)
+    return kernels.KernelKey(q.device, q.dtype, shape, "" if key_padding_mask is None else "mask",
+                             flops)
+
+
+def _attention_probe(args: tuple, flops: float) -> tuple:
+    """A part of an attention call of about `flops` FLOPs to time the kernels on.
+
+    Fewer query rows (at least 128 per thread, so the kernels still use every thread), then
+    fewer keys (at least 1024), then fewer batch entries and heads.
+    """
+    q, k, v, mask = args
+    b, h, nq, d = q.shape
+    nk, dv = k.shape[-2], v.shape[-1]
+    unit = 2.0 * (d + dv)  # FLOPs per query row and key
+    rows = min(nq, max(128 * torch.get_num_threads(), math.ceil(flops / (b * h * nk * unit))))
+    keys = min(nk, max(1024, math.ceil(flops / (b * h * rows * unit))))
+    bb = min(b, max(1, math.ceil(flops / (h * rows * keys * unit))))
+    hh = min(h, max(1, math.ceil(flops / (bb * rows * keys * unit))))
+    q, k, v = q[:bb, :hh, :rows], k[:bb, :hh, :keys], v[:bb, :hh, :keys]
+    return q, k, v, None if mask is None else mask[:bb, :keys]
+
+
+kernels.register(kernels.KernelOp("attention", {"sdpa": attend_sdpa, "blocked": attend_blocked},
+                                  _attention_default, _attention_key, _attention_probe))
 
 
 def conv_transpose_2x2_channels_last(x: torch.Tensor, conv: nn.ConvTranspose2d) -> torch.Tensor:
