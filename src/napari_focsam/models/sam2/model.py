@@ -249,6 +249,45 @@ class Sam2Model(nn.Module):
         torch.Tensor
             ``(B, C, E, E)``.
         """
+        batch = len(frames_per_obj)
+        c, h, w = feats.features.shape[1:]
+        if not self.memory_attention.fast:  # reference: one batch, padded and masked
+            memory, memory_pos, padding, n_ptr_tokens = self._memory_tokens(
+                feats, frames_per_obj, pointers_per_obj, max_ptrs)
+            return self._attend(feats, memory, memory_pos, n_ptr_tokens, padding, batch)
+        # Objects grouped by memory layout (frames, pointers): nothing is padded, and the
+        # memory attention's work on the frame alone is shared by the groups.
+        layouts: dict[tuple[int, int], list[int]] = {}
+        for b, (frames, pointers) in enumerate(zip(frames_per_obj, pointers_per_obj, strict=True)):
+            layouts.setdefault((len(frames), len(pointers)), []).append(b)
+        groups, members = [], []
+        for rows in layouts.values():
+            memory, memory_pos, _, n_ptr_tokens = self._memory_tokens(
+                feats, [frames_per_obj[b] for b in rows], [pointers_per_obj[b] for b in rows],
+                max_ptrs)
+            groups.append((memory, memory_pos, n_ptr_tokens, None))
+            members.append(rows)
+        curr = feats.features.flatten(2).transpose(1, 2)  # (1, HW, C)
+        curr_pos = feats.pos.flatten(2).transpose(1, 2)
+        outs = self.memory_attention.forward_groups(curr, groups, curr_pos)  # each (B_g, HW, C)
+        if len(outs) == 1:
+            out = outs[0]
+        else:
+            out = outs[0].new_empty(batch, h * w, c)
+            for rows, group_out in zip(members, outs, strict=True):
+                out[torch.as_tensor(rows, device=out.device)] = group_out
+        return out.transpose(1, 2).reshape(batch, c, h, w)
+
+    def _memory_tokens(
+        self,
+        feats: Sam2FrameFeatures,
+        frames_per_obj: list[list[tuple[int, torch.Tensor]]],
+        pointers_per_obj: list[list[tuple[int, torch.Tensor]]],
+        max_ptrs: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """Memory tokens of a batch of objects, padded to the longest: ``memory``,
+        ``memory_pos`` ``(B, M, Cm)``, ``padding`` ``(B, M)`` (True = padding) and the padded
+        number of pointer tokens (see `pix_with_memory`)."""
         cfg = self.config
         device = self.device
         batch = len(frames_per_obj)
@@ -289,7 +328,7 @@ class Sam2Model(nn.Module):
             memory[b, rows] = ptrs
             memory_pos[b, rows] = pos
             padding[b, rows] = False
-        return self._attend(feats, memory, memory_pos, n_ptr_tokens, padding, batch)
+        return memory, memory_pos, padding, n_ptr_tokens
 
     def _attend(self, feats: Sam2FrameFeatures, memory: torch.Tensor, memory_pos: torch.Tensor,
                 n_ptr_tokens: int, padding: torch.Tensor | None, batch: int) -> torch.Tensor:
