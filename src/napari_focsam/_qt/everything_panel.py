@@ -41,7 +41,7 @@ from ..errors import UserError
 from .axes import ImageAxes
 from .commit import LabelsLayerError, next_label_id, record_stack, writable_plane
 from .controller import USER_CANCEL, SegmentationController
-from .layout import ElidingComboBox
+from .layout import MAX_AREA, ElidingComboBox, SpinField, make_spin_box
 from .prompt_layers import layer_transform_kwargs, place_below
 from .tasks import EverythingFrame, EverythingSettings, Failed, Status, describe_error, everything_task
 from .workers import Task
@@ -58,7 +58,6 @@ SCOPES = ("slice", "stack")
 #: The runner's name of the task.
 TASK = "everything"
 _MODE_TEXT = {"only_background": "add to background", "replace": "replace the slice"}
-_MAX_AREA = 1 << 30
 
 
 def new_objects(base: np.ndarray, masks, *, first_id: int, mode: str,
@@ -482,43 +481,27 @@ class SegmentAll(QObject):
             self._drop_preview()
 
 
-@dataclass(frozen=True)
-class _Field:
-    """One setting of the panel: an `AutoMaskParams` field and its spin box."""
-
-    name: str
-    label: str
-    tip: str
-    low: float
-    high: float
-    step: float = 1
-    decimals: int = 0  # 0: an integer box
-    suffix: str = ""
-    off: str = ""  # shown at `low` when it means "no limit" / "none"
-    advanced: bool = False
-
-
 _FIELDS = (
-    _Field("points_per_side", "Points per side", "Clicks along each side of the grid laid over "
-           "the slice (n² clicks; the time grows with n²)", 1, 256),
-    _Field("pred_iou_thresh", "Min. predicted IoU", "Keep masks whose IoU predicted by the model "
-           "is above this (lower: more, less certain objects)", 0, 1, 0.01, 3),
-    _Field("stability_score_thresh", "Min. stability", "Keep masks that change little when the "
-           "mask threshold moves (lower: more objects with fuzzy borders)", 0, 1, 0.01, 3),
-    _Field("min_area", "Min. area", "Drop objects of fewer pixels (also those left this small "
-           "by existing labels)", 0, _MAX_AREA, 10, 0, " px", "off"),
-    _Field("max_area", "Max. area", "Drop objects of more pixels (e.g. the background or "
-           "clumps)", 0, _MAX_AREA, 100, 0, " px", "off"),
-    _Field("points_per_batch", "Clicks per batch", "Clicks decoded at once (memory, not "
-           "results)", 1, 4096, 16, advanced=True),
-    _Field("box_nms_thresh", "Box NMS", "Of two masks whose boxes overlap more than this "
-           "(IoU), the less certain one is dropped", 0, 1, 0.05, 2, advanced=True),
-    _Field("crop_n_layers", "Crop layers", "Also search 2×2, 4×4… zoomed-in crops of the slice "
-           "(small objects; each crop is encoded, much slower)", 0, 4, advanced=True),
-    _Field("crop_n_points_downscale_factor", "Crop points ÷", "Points per side are divided by "
-           "this on each crop layer", 1, 16, advanced=True),
-    _Field("min_mask_region_area", "Min. region", "Fill holes and remove islands smaller than "
-           "this in every mask", 0, 1 << 20, 10, 0, " px", "off", advanced=True),
+    SpinField("points_per_side", "Points per side", "Clicks along each side of the grid laid over "
+              "the slice (n² clicks; the time grows with n²)", 1, 256),
+    SpinField("pred_iou_thresh", "Min. predicted IoU", "Keep masks whose IoU predicted by the model "
+              "is above this (lower: more, less certain objects)", 0, 1, 0.01, 3),
+    SpinField("stability_score_thresh", "Min. stability", "Keep masks that change little when the "
+              "mask threshold moves (lower: more objects with fuzzy borders)", 0, 1, 0.01, 3),
+    SpinField("min_area", "Min. area", "Drop objects of fewer pixels (also those left this small "
+              "by existing labels)", 0, MAX_AREA, 10, 0, " px", "off"),
+    SpinField("max_area", "Max. area", "Drop objects of more pixels (e.g. the background or "
+              "clumps)", 0, MAX_AREA, 100, 0, " px", "off"),
+    SpinField("points_per_batch", "Clicks per batch", "Clicks decoded at once (memory, not "
+              "results)", 1, 4096, 16, advanced=True),
+    SpinField("box_nms_thresh", "Box NMS", "Of two masks whose boxes overlap more than this "
+              "(IoU), the less certain one is dropped", 0, 1, 0.05, 2, advanced=True),
+    SpinField("crop_n_layers", "Crop layers", "Also search 2×2, 4×4… zoomed-in crops of the slice "
+              "(small objects; each crop is encoded, much slower)", 0, 4, advanced=True),
+    SpinField("crop_n_points_downscale_factor", "Crop points ÷", "Points per side are divided by "
+              "this on each crop layer", 1, 16, advanced=True),
+    SpinField("min_mask_region_area", "Min. region", "Fill holes and remove islands smaller than "
+              "this in every mask", 0, 1 << 20, 10, 0, " px", "off", advanced=True),
 )
 _NAMES = {f.name for f in fields(AutoMaskParams)}
 assert all(f.name in _NAMES for f in _FIELDS)
@@ -593,17 +576,8 @@ class EverythingPanel(QWidget):
         segment_all.changed.connect(self._refresh)
         self._refresh()
 
-    def _make_box(self, spec: _Field) -> QSpinBox | QDoubleSpinBox:
-        box = QDoubleSpinBox() if spec.decimals else QSpinBox()
-        if spec.decimals:
-            box.setDecimals(spec.decimals)
-        box.setRange(spec.low, spec.high)
-        box.setSingleStep(spec.step)
-        box.setSuffix(spec.suffix)
-        if spec.off:
-            box.setSpecialValueText(spec.off)
-        box.setToolTip(spec.tip)
-        box.setKeyboardTracking(False)
+    def _make_box(self, spec: SpinField) -> QSpinBox | QDoubleSpinBox:
+        box = make_spin_box(spec)
         box.valueChanged.connect(lambda _value, name=spec.name: self._touched.add(name))
         return box
 

@@ -3,21 +3,26 @@ the width, combo boxes that elide their text, and a status line of bounded heigh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from qtpy.QtCore import QEvent, QSize, Qt
 from qtpy.QtGui import QTextLayout
 from qtpy.QtWidgets import (
     QComboBox,
+    QDoubleSpinBox,
     QFrame,
     QLabel,
     QScrollArea,
     QSizePolicy,
+    QSpinBox,
     QStyle,
     QStyleOptionComboBox,
     QStylePainter,
     QWidget,
 )
 
-__all__ = ["ElidingComboBox", "StatusLabel", "VerticalScrollArea"]
+__all__ = ["MAX_AREA", "ElidingComboBox", "SpinField", "StatusLabel", "VerticalScrollArea",
+           "make_spin_box"]
 
 #: Characters a combo box needs at least (its text is elided below its size hint).
 COMBO_MIN_CHARS = 5
@@ -186,3 +191,61 @@ class VerticalScrollArea(QScrollArea):
         if obj is self.widget() and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()  # the widget's minimum width may have changed
         return super().eventFilter(obj, event)
+
+
+#: Upper bound of the pixel-area settings' spin boxes.
+MAX_AREA = 1 << 30
+
+
+@dataclass(frozen=True)
+class SpinField:
+    """One numeric setting of a panel and its spin box (see `make_spin_box`).
+
+    Attributes
+    ----------
+    name : str
+        The setting's field name.
+    label, tip : str
+        Form label and tooltip.
+    low, high : float
+        Range.
+    step : float
+    decimals : int
+        0: an integer box.
+    suffix : str
+    off : str
+        Shown at `low` when it means "never" / "none".
+    advanced : bool
+        Folded under "Advanced".
+    default : float or None
+        Initial value (None: the box's own, `low`).
+    """
+
+    name: str
+    label: str
+    tip: str
+    low: float
+    high: float
+    step: float = 1
+    decimals: int = 0
+    suffix: str = ""
+    off: str = ""
+    advanced: bool = False
+    default: float | None = None
+
+
+def make_spin_box(spec: SpinField) -> QSpinBox | QDoubleSpinBox:
+    """The spin box of `spec` (no keyboard tracking: a value counts once it is entered)."""
+    box = QDoubleSpinBox() if spec.decimals else QSpinBox()
+    if spec.decimals:
+        box.setDecimals(spec.decimals)
+    box.setRange(spec.low, spec.high)
+    box.setSingleStep(spec.step)
+    box.setSuffix(spec.suffix)
+    if spec.off:
+        box.setSpecialValueText(spec.off)
+    box.setToolTip(spec.tip)
+    box.setKeyboardTracking(False)
+    if spec.default is not None:
+        box.setValue(spec.default)
+    return box

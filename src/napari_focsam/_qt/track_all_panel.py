@@ -47,6 +47,7 @@ from .axes import STACK_META_KEY, ImageAxes, StackKind, stack_metadata
 from .controller import USER_CANCEL, SegmentationController
 from .everything_panel import PREVIEW_NAME as EVERYTHING_PREVIEW_NAME
 from .layer_combo import LayerCombo
+from .layout import MAX_AREA, SpinField, make_spin_box
 from .live import PREVIEW_NAME
 from .prompt_layers import image_data, layer_transform_kwargs, place_below
 from .tasks import Failed, Status, TrackFrames, describe_error, track_task
@@ -67,8 +68,6 @@ TASK = "track"
 #: The tracker `TrackAll` builds (None: SAM 2's `VideoPropagator`); tests and the screenshot
 #: script set a stand-in here.
 PROPAGATOR: Callable | None = None
-#: Files of a CTC result folder (the only ones an export replaces).
-_MAX_AREA = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -462,42 +461,27 @@ class TrackAllController(QObject):
             self.changed.emit()
 
 
-@dataclass(frozen=True)
-class _Field:
-    """One setting of the panel: a `TrackSettings` field and its spin box."""
-
-    name: str
-    label: str
-    tip: str
-    low: float
-    high: float
-    default: float
-    step: float = 1
-    decimals: int = 0  # 0: an integer box
-    suffix: str = ""
-    off: str = ""  # shown at `low` when it means "never" / "none"
-    advanced: bool = False
-
-
 _FIELDS = (
-    _Field("discover_every", "Find new cells every", "Look for cells that were not tracked yet "
-           "(automatic mask generation with the 'Segment all' settings) every this many frames; "
-           "those found start new tracks. Off: only the seeded cells are tracked",
-           0, 100000, 10, suffix=" frames", off="off"),
-    _Field("lost_after", "Lost after", "A cell missing for this many frames in a row ends its "
-           "track (it left the field of view or died)", 1, 100000, 5, suffix=" frames"),
-    _Field("division_min_frames", "Divisions after", "A cell split in two parts of comparable "
-           "size for this many frames in a row divides: two daughters with new ids from the "
-           "first split frame. Off: cells never divide (e.g. a z-stack)",
-           0, 100000, 3, suffix=" split frames", off="off"),
-    _Field("division_area_ratio", "Division area ratio", "The smaller part of a split is at least "
-           "this fraction of the larger one (else the split is noise, not a division)",
-           0.01, 1, 0.4, 0.05, 2, advanced=True),
-    _Field("min_area", "Min. area", "Seeds and found objects smaller than this are ignored, and "
-           "smaller parts do not make a split", 1, _MAX_AREA, 10, 10, suffix=" px", advanced=True),
-    _Field("min_overlap", "Min. overlap", "A found object covered by tracked cells for at least "
-           "this fraction of its area is one of them; below it, its uncovered part is a new cell",
-           0.01, 1, 0.3, 0.05, 2, advanced=True),
+    SpinField("discover_every", "Find new cells every", "Look for cells that were not tracked yet "
+              "(automatic mask generation with the 'Segment all' settings) every this many frames; "
+              "those found start new tracks. Off: only the seeded cells are tracked",
+              0, 100000, suffix=" frames", off="off", default=10),
+    SpinField("lost_after", "Lost after", "A cell missing for this many frames in a row ends its "
+              "track (it left the field of view or died)", 1, 100000, suffix=" frames", default=5),
+    SpinField("division_min_frames", "Divisions after", "A cell split in two parts of comparable "
+              "size for this many frames in a row divides: two daughters with new ids from the "
+              "first split frame. Off: cells never divide (e.g. a z-stack)",
+              0, 100000, suffix=" split frames", off="off",
+              default=3),
+    SpinField("division_area_ratio", "Division area ratio", "The smaller part of a split is at least "
+              "this fraction of the larger one (else the split is noise, not a division)",
+              0.01, 1, 0.05, 2, advanced=True, default=0.4),
+    SpinField("min_area", "Min. area", "Seeds and found objects smaller than this are ignored, and "
+              "smaller parts do not make a split", 1, MAX_AREA, 10, suffix=" px", advanced=True,
+              default=10),
+    SpinField("min_overlap", "Min. overlap", "A found object covered by tracked cells for at least "
+              "this fraction of its area is one of them; below it, its uncovered part is a new cell",
+              0.01, 1, 0.05, 2, advanced=True, default=0.3),
 )
 _NAMES = {f.name for f in dataclasses.fields(TrackSettings)}
 assert all(f.name in _NAMES for f in _FIELDS)
@@ -545,7 +529,7 @@ class TrackAllPanel(QWidget):
         advanced_form = QFormLayout()
         advanced_form.setContentsMargins(0, 0, 0, 0)
         for spec in _FIELDS:
-            box = self._make_box(spec)
+            box = make_spin_box(spec)
             self.boxes[spec.name] = box
             (advanced_form if spec.advanced else form).addRow(spec.label, box)
         settings = QWidget()
@@ -569,20 +553,6 @@ class TrackAllPanel(QWidget):
         track_all.changed.connect(self._refresh)
         viewer.dims.events.current_step.connect(self._refresh_seed_frame)
         self._refresh()
-
-    def _make_box(self, spec: _Field) -> QSpinBox | QDoubleSpinBox:
-        box = QDoubleSpinBox() if spec.decimals else QSpinBox()
-        if spec.decimals:
-            box.setDecimals(spec.decimals)
-        box.setRange(spec.low, spec.high)
-        box.setSingleStep(spec.step)
-        box.setSuffix(spec.suffix)
-        if spec.off:
-            box.setSpecialValueText(spec.off)
-        box.setToolTip(spec.tip)
-        box.setKeyboardTracking(False)
-        box.setValue(spec.default)
-        return box
 
     def _fits(self, layer) -> bool:
         """Whether Labels `layer` can seed: shaped like the image's labels (not a preview)."""
