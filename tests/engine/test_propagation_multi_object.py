@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sam2_test_models import present_tiny_sam2
 
 from napari_focsam.engine.frame_features import StackFeatures
 from napari_focsam.engine.precision import autocast_context
 from napari_focsam.engine.propagation import VideoPropagator
 from napari_focsam.engine.propagation_state import PropagationOptions
-from napari_focsam.models.sam2.config import SAM2_CONFIGS
-from napari_focsam.models.sam2.model import build_sam2
 
 IMAGE_SIZE = 128
 HW = (40, 48)
@@ -32,15 +31,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    net = build_sam2(SAM2_CONFIGS["sam2_test_tiny"].replace(image_size=IMAGE_SIZE))
-    dec = net.sam_mask_decoder
-    with torch.no_grad():
-        dec.pred_obj_score_head.layers[-1].bias += 10.0  # every object present
-        for mlp in dec.output_hypernetworks_mlps:  # logits of a few units, both signs
-            mlp.layers[-1].weight *= 30.0
-            mlp.layers[-1].bias.mul_(30.0).add_(1.5)
-    return net
+    return present_tiny_sam2(IMAGE_SIZE)
 
 
 @pytest.fixture(scope="module")
