@@ -1,4 +1,4 @@
-"""Shared test configuration: discovery of the official parity fixtures.
+"""Shared test configuration: discovery of the official parity fixtures, threads per worker.
 
 A test that takes an argument ``sam1_fixture`` (or ``focsam_fixture``, ``sam2_fixture``,
 ``tinyvit_fixture``, ``amg_fixture``) runs once per matching ``<kind>_*.pt`` file and is skipped
@@ -21,6 +21,19 @@ from parity_fixtures import PARITY_KINDS, load_parity_fixture, parity_dirs, pari
 # kernel choices measured by the tests' inference-sized calls stay out of the user's cache
 os.environ.setdefault("NAPARI_FOCSAM_KERNEL_CACHE",
                       str(Path(tempfile.mkdtemp(prefix="focsam-kernels-")) / "kernels.json"))
+
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist, give each worker its share of the cores for torch's intra-op
+    threads: N workers each running ``cpu_count`` OpenMP threads oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+_share_cores_between_workers()
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
