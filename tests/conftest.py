@@ -36,6 +36,18 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): tiny
+    tensors run as fast on one thread and are far less hurt by a busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for kind in PARITY_KINDS:
         name = f"{kind}_fixture"

@@ -37,12 +37,7 @@ LOOSE = AutoMaskParams(points_per_side=5, points_per_batch=10, pred_iou_thresh=0
                        stability_score_thresh=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

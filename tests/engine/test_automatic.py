@@ -38,12 +38,7 @@ RNG = np.random.default_rng(5)
 SMALL = 128  # model input side of the tiny models here (fast encoders)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_sam():

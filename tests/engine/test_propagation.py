@@ -56,13 +56,7 @@ def _disc_mask(t: int, which: int = 1, hw: tuple[int, int] = HW) -> np.ndarray:
     return (frame == colour).all(axis=-1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is as fast and far less hurt by a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,12 +42,7 @@ def _disc_mask(stack: np.ndarray, t: int, which: int) -> np.ndarray:
     return (stack[t] == colour).all(axis=-1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

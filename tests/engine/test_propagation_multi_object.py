@@ -21,12 +21,7 @@ LOGIT_ATOL = 1e-3  # logits span tens of units; fp32 reordering moves them by ~1
 OPTIONS = PropagationOptions(non_overlap=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

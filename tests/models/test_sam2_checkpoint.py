@@ -31,13 +31,7 @@ TEST_TINY_20 = TEST_TINY.replace(name="sam2_test_tiny_20", no_obj_embed_spatial=
                                  add_tpos_enc_to_obj_ptrs=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Building and saving is not sped up by threads, and a busy machine slows them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _meta_state_dict(name: str) -> dict[str, torch.Tensor]:
