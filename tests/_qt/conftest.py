@@ -17,15 +17,17 @@ def fake_draw(monkeypatch):
 
 @pytest.fixture
 def make_widget(make_napari_viewer, qtbot):
-    """``make(data, **image_kwargs) -> (viewer, image_layer, widget)`` with tiny random models."""
+    """``make(data, **image_kwargs) -> (viewer, image_layer, widget)`` with tiny random models
+    (``encode_ahead``: the dock's option, on by default as in napari)."""
     from napari_focsam._qt import FocSamWidget
 
     widgets = []
 
-    def make(data, *, interactive="sam_test_tiny", **image_kwargs):
+    def make(data, *, interactive="sam_test_tiny", encode_ahead=True, **image_kwargs):
         viewer = make_napari_viewer()
         image = viewer.add_image(data, name="image", **image_kwargs)
-        widget = FocSamWidget(viewer, random_weights=True, cache_root=False)
+        widget = FocSamWidget(viewer, random_weights=True, cache_root=False,
+                              encode_ahead=encode_ahead)
         viewer.window.add_dock_widget(widget, name="FocSAM")
         widget.setup.models.select_models(interactive, "sam2_test_tiny")
         widgets.append(widget)

@@ -23,7 +23,7 @@ def test_the_registry_adds_one_command_per_module():
     assert set(LEAVES) == {"weights list", "weights download", "weights verify", "weights path",
                            "embed", "segment", "propagate", "track", "evaluate",
                            "evaluate-stack", "bench all", "bench sam", "bench focsam",
-                           "bench sam2", "bench sam2-memory", "bench track-memory",
+                           "bench sam2", "bench sam2-memory", "bench track-memory", "bench gui-click",
                            "bench tiling"}
 
 

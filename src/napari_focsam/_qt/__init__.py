@@ -6,7 +6,8 @@
 - :mod:`.propagation` -- propagation of the committed objects through the stack,
 - :mod:`.setup_panel`, :mod:`.models_box`, :mod:`.prompts_panel`, :mod:`.objects_panel` -- the
   sections; :mod:`.bindings` -- their keys,
-- :mod:`.live` -- the live preview; :mod:`.status` -- status messages,
+- :mod:`.live` -- the live preview; :mod:`.prepare` -- encoding the viewed slice ahead of the
+  first click; :mod:`.status` -- status messages,
 - :mod:`.layout`, :mod:`.layer_combo` -- scroll area, eliding combo boxes and status line that
   keep the docks usable on small screens; layer choices,
 - :mod:`.prompt_layers` -- Points / Shapes layers -> prompts in image pixels,

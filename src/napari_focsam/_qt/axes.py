@@ -138,6 +138,15 @@ class ImageAxes:
             index[self.outer_axis] = int(outer or 0)
         return tuple(index)
 
+    def plane_name(self, frame: int | None, outer: int | None = None) -> str:
+        """How the dock names plane (`frame`, `outer`): ``"slice z=3"``, ``"frame t=3"``,
+        ``"plane 3"``, ``"the image"``; with ``" (outer 1)"`` on 4D data."""
+        if not self.is_stack:
+            return "the image"
+        name = {StackKind.Z: f"slice z={frame}", StackKind.T: f"frame t={frame}",
+                StackKind.PLANES: f"plane {frame}"}[self.kind]
+        return name if self.outer_axis is None else f"{name} (outer {outer})"
+
     def in_range(self, labels_shape: tuple[int, ...], frame: int | None, outer: int | None) -> bool:
         """Whether (`frame`, `outer`) is a plane of a labels array of `labels_shape`."""
         for axis, value in ((self.stack_axis, frame), (self.outer_axis, outer)):

@@ -11,10 +11,12 @@ import logging
 from qtpy.QtCore import QObject, Signal
 
 from ..api.segmenter import Progress
+from ..families import Role
 from .axes import AxesError, ImageAxes
 from .live import LivePreview, PreviewRequest
+from .prepare import PrepareTarget, SlicePreparer
 from .prompt_layers import collect_prompt, image_data
-from .session import SegmenterHolder, SegmenterSpec, SetupChoices
+from .session import SegmenterHolder, SegmenterSpec, SetupChoices, weights_problem
 from .status import Messages
 from .tasks import Failed, Status, describe_error, embed_task
 from .workers import Task, TaskRunner
@@ -41,12 +43,16 @@ class SegmentationController(QObject):
     viewer : napari.Viewer
     cache_root : path, None or False
         Embedding disk cache (None: the default folder; False: RAM only).
+    encode_ahead : bool
+        Build the model and encode the slice being viewed as soon as an image and a model with
+        weights are chosen (`prepare.SlicePreparer`), so the first click only decodes.
 
     Attributes
     ----------
     runner : TaskRunner
     holder : SegmenterHolder
     live : LivePreview
+    prepare : SlicePreparer
     messages : Messages
         Status messages of every part of the dock.
     cache_root : path, None or False
@@ -57,12 +63,19 @@ class SegmentationController(QObject):
         The Setup choices or the image data changed.
     progress(str, int, int)
         Text, done and total of the running embedding.
+    preparing(str)
+        What encoding ahead does now ("" when there is nothing to say).
+    prepared(object)
+        A `tasks.Prepared`: the slice being viewed is encoded (or was in the cache).
     """
 
     spec_changed = Signal()
     progress = Signal(str, int, int)
+    preparing = Signal(str)
+    prepared = Signal(object)
 
-    def __init__(self, viewer, *, cache_root=None, parent: QObject | None = None) -> None:
+    def __init__(self, viewer, *, cache_root=None, encode_ahead: bool = True,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.cache_root = cache_root
@@ -79,7 +92,11 @@ class SegmentationController(QObject):
         self.live = LivePreview(viewer, self.runner, self.holder, self.messages,
                                 build_request=self._preview_request,
                                 layers_above=self.prompt_layers, parent=self)
-        viewer.dims.events.current_step.connect(self.live.schedule)
+        self.prepare = SlicePreparer(self.runner, self.holder, target=self._prepare_target,
+                                     enabled=encode_ahead, parent=self)
+        self.prepare.status.connect(self.preparing)
+        self.prepare.prepared.connect(self.prepared)
+        viewer.dims.events.current_step.connect(self._on_step)
         viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ inputs (slots)
@@ -90,8 +107,13 @@ class SegmentationController(QObject):
             self._watch_image(choices.image)
         self._choices = choices
         self.spec_changed.emit()
+        self.prepare.schedule()
         if not first:
             self.live.schedule()
+
+    def _on_step(self, _event=None) -> None:
+        self.live.schedule()
+        self.prepare.schedule()
 
     def set_prompt_layers(self, points, shapes) -> None:
         """The Points and Shapes layers (or None) whose prompts are previewed."""
@@ -117,6 +139,7 @@ class SegmentationController(QObject):
         self._generation += 1
         self.spec_changed.emit()
         self.live.schedule()
+        self.prepare.schedule()
 
     # ------------------------------------------------------------------ what is segmented
     def image_layer(self):
@@ -144,6 +167,24 @@ class SegmentationController(QObject):
     def overlay_layers(self) -> list:
         """Layers a new Labels layer goes under: the preview and the prompt layers."""
         return [self.live.layer, *self.prompt_layers()]
+
+    def _viewed_plane(self, spec: SegmenterSpec) -> tuple[int | None, int | None] | None:
+        """``(frame, outer)`` of the image's plane being viewed (None: outside the image)."""
+        frame, outer = spec.axes.position(self._choices.image.world_to_data(self.viewer.dims.point))
+        labels_shape = spec.axes.labels_shape(spec.data.shape)
+        return (frame, outer) if spec.axes.in_range(labels_shape, frame, outer) else None
+
+    def _prepare_target(self) -> PrepareTarget | None:
+        """What encoding ahead prepares now: the chosen image's plane being viewed, with the
+        chosen model, when it has weights (None: nothing)."""
+        image = self.image_layer()
+        if image is None or image not in self.viewer.layers:
+            return None
+        spec = self.spec()
+        if weights_problem(spec.interactive, Role.INTERACTIVE) is not None:
+            return None
+        plane = self._viewed_plane(spec)
+        return None if plane is None else (spec, *plane)
 
     def _preview_request(self) -> PreviewRequest | None:
         points, shapes = self._points, self._shapes
@@ -218,10 +259,13 @@ class SegmentationController(QObject):
         if layer is self.live.layer:
             self.live.layer = None
         self.live.schedule()
+        self.prepare.schedule()
 
     def shutdown(self) -> None:
-        """Stop the preview and every worker (the dock or the viewer is closing)."""
+        """Stop the preview, encoding ahead and every worker (the dock or the viewer is
+        closing)."""
         self.live.stop()
+        self.prepare.stop()
         self.runner.shutdown()
         if self._image is not None:
             self._image.events.data.disconnect(self._on_image_data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -31,9 +32,9 @@ from ..tracking.track_all import TrackAll, TrackProgress
 from .session import SegmenterHolder, SegmenterSpec, weights_problem
 
 __all__ = ["DownloadCancelled", "EverythingFrame", "EverythingSettings", "Failed", "FrameResult",
-           "PreviewResult", "Status", "TrackFrames", "describe_error", "download_weights",
-           "embed_task", "everything_task", "guarded", "preview_task", "propagate_task",
-           "track_task"]
+           "Prepared", "PreviewResult", "Status", "TrackFrames", "describe_error", "download_weights",
+           "embed_task", "everything_task", "guarded", "prepare_task", "preview_task",
+           "propagate_task", "track_task"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +61,44 @@ class Failed:
 
 @dataclass(frozen=True)
 class PreviewResult:
-    """The live preview of request `seq`: `mask` drawn from `prompt`."""
+    """The live preview of request `seq`: `mask` drawn from `prompt`.
+
+    `started` and `decoded` are the worker's ``time.perf_counter()`` when the task began and
+    when the mask was ready (the latency stages of `live.PreviewTimings`).
+    """
 
     seq: int
     prompt: ObjectPrompt
     mask: np.ndarray
+    started: float = 0.0
+    decoded: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """`prepare_task` is done: the segmenter is built and plane (`frame`, `outer`) encoded.
+
+    Attributes
+    ----------
+    frame, outer : int or None
+    model_id : str
+        The interactive model.
+    build_s, encode_s : float
+        Seconds spent building the segmenter (loading the model) and encoding the plane (0:
+        nothing to do).
+    cached : bool
+        The plane's embedding was already in the store (RAM or disk cache).
+    tiled : bool
+        The frames are tiled: tiles are encoded when a click first falls in them, not here.
+    """
+
+    frame: int | None
+    outer: int | None
+    model_id: str
+    build_s: float
+    encode_s: float
+    cached: bool
+    tiled: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,20 +264,80 @@ def embed_task(holder: SegmenterHolder, spec: SegmenterSpec, *,
 
 
 def preview_task(holder: SegmenterHolder, spec: SegmenterSpec, prompt: ObjectPrompt, seq: int, *,
-                 cancel_event: threading.Event) -> Iterator[Status | PreviewResult]:
-    """Draw one object from its prompts (the live preview); never loads the propagation model."""
+                 cancel_event: threading.Event,
+                 heavy_in: Callable[[Callable[[], object]], object] | None = None
+                 ) -> Iterator[Status | PreviewResult]:
+    """Draw one object from its prompts (the live preview); never loads the propagation model.
+
+    ``heavy_in(fn)`` runs the heavy steps (loading the model; a draw that first encodes the
+    frame or tile) and returns their result; default: here. The dock runs them in its encoding
+    thread, so the preview thread only ever decodes (see `workers.DirectThread`).
+    """
+    started = time.perf_counter()
+    heavy = heavy_in or _here
+    loading = not holder.matches(spec)
     yield from _loading(holder, spec)
+
+    def note() -> tuple[str | None, bool]:
+        with holder.lock:
+            if cancel_event.is_set():
+                return None, True
+            return _encoding_note(holder.get(spec), prompt), False
+
+    text, stopped = (heavy if loading else _here)(note)
+    if stopped:
+        return
+    if text:
+        yield Status(text)
+
+    def draw() -> np.ndarray | None:
+        with holder.lock:
+            if cancel_event.is_set():
+                return None
+            return holder.get(spec).draw_object(prompt)
+
+    mask = (heavy if text else _here)(draw)
+    if mask is None:
+        return
+    yield PreviewResult(seq, prompt, np.asarray(mask, dtype=bool), started, time.perf_counter())
+
+
+def _here(fn: Callable[[], object]) -> object:
+    return fn()
+
+
+def prepare_task(holder: SegmenterHolder, spec: SegmenterSpec, frame: int | None,
+                 outer: int | None, *, cancel_event: threading.Event) -> Iterator[Status | Prepared]:
+    """Get a click on plane (`frame`, `outer`) ready: build the segmenter of `spec` (loading its
+    interactive model) and encode the plane with it, unless the store has it (the embedding
+    cache is used as for any click). Tiled frames are left to the first click (it encodes the
+    tile it falls in). Stops between the steps, and inside the encoder, on `cancel_event`."""
+    model = spec.interactive.model_id
+    start = time.perf_counter()
+    building = not holder.matches(spec)
+    if building:
+        yield Status(f"Building {model}…")
     with holder.lock:
         if cancel_event.is_set():
             return
-        note = _encoding_note(holder.get(spec), prompt)
-    if note:
-        yield Status(note)
-    with holder.lock:
+        seg = holder.get(spec)
+    built = time.perf_counter()
+    build_s = built - start if building else 0.0
+    if cancel_event.is_set():
+        return
+    if seg.tile_grid is not None:
+        yield Prepared(frame, outer, model, build_s, 0.0, False, tiled=True)
+        return
+    flat = seg.flat_frame(frame, outer)
+    cached = seg.stores["interactive"].is_cached(flat)
+    if not cached:
+        yield Status(f"Encoding {spec.axes.plane_name(frame, outer)} with {model}…")
+        for _ in seg.embed(frames=[flat], roles=("interactive",), cancel_event=cancel_event):
+            pass
         if cancel_event.is_set():
             return
-        mask = holder.get(spec).draw_object(prompt)
-    yield PreviewResult(seq, prompt, np.asarray(mask, dtype=bool))
+    yield Prepared(frame, outer, model, build_s, 0.0 if cached else time.perf_counter() - built,
+                   cached)
 
 
 def propagate_task(holder: SegmenterHolder, spec: SegmenterSpec, prompts: list[ObjectPrompt],

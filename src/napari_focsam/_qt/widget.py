@@ -63,10 +63,13 @@ class FocSamWidget(QWidget):
         ``NAPARI_FOCSAM_RANDOM_WEIGHTS`` environment variable.
     cache_root : path, None or False
         Embedding disk cache (None: the default folder; False: RAM only).
+    encode_ahead : bool
+        Build the model and encode the slice being viewed as soon as an image and a model with
+        weights are chosen, so the first click only decodes (its progress shows under Setup).
     """
 
     def __init__(self, napari_viewer, *, random_weights: bool | None = None, cache_root=None,
-                 parent=None) -> None:
+                 encode_ahead: bool = True, parent=None) -> None:
         super().__init__(parent)
         # napari hands plugin widgets a PublicOnlyProxy of the viewer, whose layers are proxies
         # too: identity checks against layers from napari's own events (``event.value``) would
@@ -74,14 +77,20 @@ class FocSamWidget(QWidget):
         self.viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
         self._watched = None
         self._docked = False
-        self.controller = controller = SegmentationController(self.viewer, cache_root=cache_root,
-                                                              parent=self)
+        self.controller = controller = SegmentationController(
+            self.viewer, cache_root=cache_root, encode_ahead=encode_ahead, parent=self)
         self.propagation = PropagationController(self.viewer, controller, parent=self)
         self.setup = SetupPanel(self.viewer, controller.runner, controller.messages,
                                 random_weights=random_weights)
         self.embed_button = QPushButton("Compute embeddings")
-        self.embed_button.setToolTip("Encode every frame now (otherwise a slice is encoded when "
-                                     "you first click on it)")
+        self.embed_button.setToolTip("Encode every frame now (otherwise the slice being viewed is "
+                                     "encoded once an image and a model are chosen, or when you "
+                                     "first click on it)")
+        #: What encoding ahead of the first click does ("building…", "encoding slice z=…").
+        self.prepare_label = QLabel()
+        self.prepare_label.setWordWrap(True)
+        self.prepare_label.setStyleSheet("color: gray;")
+        self.prepare_label.setVisible(False)
         self.prompts = PromptsPanel(self.viewer, controller.messages, controller.image_layer)
         self.objects = ObjectsPanel(self.viewer, controller, self.propagation)
         self.segment_all = SegmentAll(self.viewer, controller, target_layer=self.objects.target_layer,
@@ -98,8 +107,9 @@ class FocSamWidget(QWidget):
         sections = QWidget()
         inner_layout = QVBoxLayout(sections)
         inner_layout.setContentsMargins(0, 0, 4, 0)
-        for title, widgets in (("Setup", (self.setup, self.embed_button)), ("Prompts", (self.prompts,)),
-                               ("Objects", (self.objects,)), ("Segment all", (self.everything,)),
+        for title, widgets in (("Setup", (self.setup, self.embed_button, self.prepare_label)),
+                               ("Prompts", (self.prompts,)), ("Objects", (self.objects,)),
+                               ("Segment all", (self.everything,)),
                                ("Track all", (self.track_panel,))):
             box = QGroupBox(title)
             inner = QVBoxLayout(box)
@@ -132,6 +142,7 @@ class FocSamWidget(QWidget):
         self.cancel_button.clicked.connect(controller.cancel)
         controller.messages.posted.connect(self._show_message)
         controller.progress.connect(self._show_progress)
+        controller.preparing.connect(self._show_preparing)
         self.propagation.progress.connect(self._show_progress)
         self.segment_all.progress.connect(self._show_progress)
         self.track_all.progress.connect(self._show_progress)
@@ -164,6 +175,15 @@ class FocSamWidget(QWidget):
 
             show_error(f"FocSAM: {text}")
         else:
+            logger.info("FocSAM: %s", text)
+
+    def _show_preparing(self, text: str) -> None:
+        try:
+            self.prepare_label.setText(text)
+            self.prepare_label.setVisible(bool(text))
+        except RuntimeError:  # the widget was deleted
+            return
+        if text:
             logger.info("FocSAM: %s", text)
 
     def _show_progress(self, text: str, done: int, total: int) -> None:

@@ -16,6 +16,9 @@ bench sam2-memory
 bench track-memory
     Resident memory and what the propagation engine holds while "Track all" (``track``)
     carries objects through a long synthetic stack (flat when bounded).
+bench gui-click
+    Click -> live preview drawn in the napari dock (3D nuclei sample, random-weight SAM ViT-B),
+    in stages, and the first click after choosing the model; needs a display (Xvfb works).
 bench tiling
     Small nuclei on a large synthetic field, one click each: tiled against resized embeddings
     (mean IoU, nuclei found, time, peak memory), with a stand-in model of SAM's geometry.
@@ -104,6 +107,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     track.add_argument("--sample-every", type=_positive, default=50, metavar="N",
                        help="frames between memory samples (default 50)")
     set_command(track, _track_memory, interrupted=_NOTHING_WRITTEN)
+
+    gui = targets.add_parser(
+        "gui-click", help="click -> preview drawn in the napari dock, in stages (needs a display)",
+        parents=[threads_option(), json_option()])
+    gui.add_argument("--model", default="sam_vit_b",
+                     help="interactive model, random weights (default sam_vit_b)")
+    gui.add_argument("--clicks", type=_positive, default=10,
+                     help="timed clicks after a warm-up click (default 10)")
+    gui.add_argument("--device", default="auto", help="the dock's device (default auto)")
+    gui.add_argument("--dtype", default="auto", help="the dock's precision (default auto)")
+    gui.add_argument("--first-click-delay", type=float, default=0.0, metavar="S",
+                     help="seconds between choosing the model and the first click (default 0)")
+    gui.add_argument("--screenshot", type=Path, default=None, metavar="PNG",
+                     help="save the canvas with the last preview")
+    set_command(gui, _gui_click, interrupted=_NOTHING_WRITTEN)
 
     tiling = targets.add_parser(
         "tiling", help="tiled vs resized embeddings on a large field of small nuclei",
@@ -225,6 +243,17 @@ def _tiling(args: argparse.Namespace) -> int:
     result = run_tiling_benchmark(args.size, args.nuclei, seed=args.seed, tile=args.tile_size,
                                   halo=args.tile_halo, isolate=not args.in_process)
     return _print_figures(args, result, format_tiling_table(result))
+
+
+def _gui_click(args: argparse.Namespace) -> int:
+    from ..benchmarks.gui_click import format_gui_click_table, run_gui_click_benchmark
+
+    _use_threads(args.threads)
+    result = run_gui_click_benchmark(
+        clicks=args.clicks, model=args.model, device=args.device, dtype=args.dtype,
+        first_click_delay=args.first_click_delay,
+        screenshot=None if args.screenshot is None else str(args.screenshot))
+    return _print_figures(args, result, format_gui_click_table(result))
 
 
 def _track_memory(args: argparse.Namespace) -> int:
