@@ -176,6 +176,35 @@ def test_another_slice_cancels_and_encodes_the_new_one(make_widget, monkeypatch,
     assert calls == [[z], [z + 1]]
 
 
+def test_cancel_stops_encoding_ahead_until_the_slice_changes(make_widget, monkeypatch, qtbot):
+    calls, cancelled = [], []
+
+    def endless_embed(self, frames=None, *, cancel_event=None, roles=None):
+        calls.append(list(frames))
+        while not cancel_event.wait(0.02):
+            pass
+        cancelled.append(list(frames))
+        return
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(Segmenter, "embed", endless_embed)
+    viewer, image, widget = make_widget(synthetic_stack(), encode_ahead=True)
+    z = int(viewer.dims.current_step[0])
+    qtbot.waitUntil(lambda: calls == [[z]], timeout=20000)
+    qtbot.waitUntil(widget.cancel_button.isEnabled, timeout=5000)
+    widget.cancel_button.click()
+    assert "Cancelling encoding ahead" in widget.status_label.text()
+    qtbot.waitUntil(lambda: not widget.controller.runner.running(PREPARE_TASK), timeout=10000)
+    assert cancelled == [[z]]
+    assert "Encoding ahead stopped (cancelled by the user)" in widget.prepare_label.text()
+    qtbot.wait(400)  # longer than the delay before encoding ahead starts
+    assert calls == [[z]]  # not restarted for the same slice
+    viewer.dims.set_current_step(0, z + 1)
+    qtbot.waitUntil(lambda: calls == [[z], [z + 1]], timeout=20000)
+    widget.controller.cancel()
+    qtbot.waitUntil(lambda: not widget.controller.runner.running(PREPARE_TASK), timeout=10000)
+
+
 def test_a_slice_in_the_cache_is_not_encoded_again(make_widget, qtbot):
     viewer, image, widget = make_widget(synthetic_stack(), encode_ahead=True)
     z = int(viewer.dims.current_step[0])

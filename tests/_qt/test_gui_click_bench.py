@@ -35,7 +35,7 @@ def test_the_stages_add_up_to_the_click_latency():
                               "ready_ms": None, "stages_ms": {k: v * 1e3 for k, v in stages.items()}},
               "clicks": summary}
     table = format_gui_click_table(result)
-    assert "click -> preview drawn" in table and "debounce wait" in table and "Some CPU" in table
+    assert "click -> preview drawn" in table and "event coalescing" in table and "Some CPU" in table
     assert "first click after choosing the model (at once): 4400 ms" in table
     assert "load average 0.50 before" in table
 

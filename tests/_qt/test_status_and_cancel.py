@@ -31,7 +31,7 @@ def _messages(widget) -> list[str]:
 def test_embedding_reports_loading_embedding_and_ready(make_widget, monkeypatch, qtbot):
     states = []
 
-    def slow_embed(self, frames=None, *, cancel_event=None):
+    def slow_embed(self, frames=None, *, cancel_event=None, roles=None):
         for role in self.stores:
             for i in range(3):
                 time.sleep(0.05)
@@ -39,7 +39,7 @@ def test_embedding_reports_loading_embedding_and_ready(make_widget, monkeypatch,
                 yield Progress(f"embed:{role}", i + 1, 3, i)
 
     monkeypatch.setattr(Segmenter, "embed", slow_embed)
-    viewer, image, widget = make_widget(synthetic_stack(3))
+    viewer, image, widget = make_widget(synthetic_stack(3), encode_ahead=False)
     seen = _messages(widget)
     widget.controller.compute_embeddings()
     wait_idle(qtbot, widget)
@@ -79,7 +79,7 @@ def test_cancel_says_so_at_once_and_stops_within_a_fraction_of_a_frame(make_widg
         return run()
 
     monkeypatch.setattr(Segmenter, "propagate", propagate)
-    viewer, image, widget = make_widget(synthetic_stack())
+    viewer, image, widget = make_widget(synthetic_stack(), encode_ahead=False)
     _start_propagation(viewer, widget, qtbot)
     task = widget.controller.runner.tasks["propagate"]
     qtbot.waitUntil(started.is_set, timeout=10000)
@@ -99,13 +99,13 @@ def test_cancel_says_so_at_once_and_stops_within_a_fraction_of_a_frame(make_widg
 def test_cancel_stops_an_embedding_within_its_frame(make_widget, monkeypatch, qtbot):
     received = []
 
-    def embed(self, frames=None, *, cancel_event=None):
+    def embed(self, frames=None, *, cancel_event=None, roles=None):
         received.append(cancel_event)
         if not cancel_event.wait(FRAME_S):
             yield Progress("embed:interactive", 1, 1, 0)
 
     monkeypatch.setattr(Segmenter, "embed", embed)
-    viewer, image, widget = make_widget(synthetic_stack())
+    viewer, image, widget = make_widget(synthetic_stack(), encode_ahead=False)
     widget.controller.compute_embeddings()
     qtbot.waitUntil(lambda: bool(received), timeout=10000)
     start = time.perf_counter()

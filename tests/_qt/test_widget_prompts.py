@@ -299,6 +299,27 @@ def test_only_the_latest_preview_is_shown(make_widget, fake_draw, qtbot):
     assert len(result.prompt.points_rc) == 2
 
 
+def test_a_result_that_arrives_before_a_new_edit_is_built_is_not_shown(make_widget, fake_draw,
+                                                                      qtbot):
+    """A result queued before an edit is delivered before the 0 ms timer that builds the
+    edit's request fires (the GUI thread was busy): it is stale and must not be drawn."""
+    fake_draw.delay = 0.2
+    viewer, image, widget = make_widget(synthetic_stack()[0])
+    shown = []
+    live = widget.controller.live
+    live.changed.connect(lambda: shown.append(live.result and len(live.result.prompt.points_rc)))
+    points, _ = widget.prompts.new_prompt_layers()
+    points.add([10, 20])
+    qtbot.waitUntil(lambda: widget.controller.runner.running("preview"), timeout=5000)
+    time.sleep(fake_draw.delay + 0.3)  # the first result is queued meanwhile (a busy GUI)
+    points.add([12, 30])  # scheduled: its request is built only when the timer fires
+    result, request = wait_preview(qtbot, widget)
+    wait_idle(qtbot, widget)
+    assert len(fake_draw.prompts) == 2
+    assert [n for n in shown if n is not None] == [2]
+    assert len(result.prompt.points_rc) == 2
+
+
 def test_buttons_without_an_image_report_instead_of_raising(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     widget = FocSamWidget(viewer, random_weights=True, cache_root=False)

@@ -73,7 +73,7 @@ def test_removing_the_labels_layer_mid_run_cancels_with_a_message(make_widget, f
 
 
 def test_removing_the_image_mid_embedding_cancels(make_widget, monkeypatch, qtbot):
-    def slow_embed(self, frames=None, *, cancel_event=None):
+    def slow_embed(self, frames=None, *, cancel_event=None, roles=None):
         for i in range(50):
             time.sleep(0.05)
             if cancel_event is not None and cancel_event.is_set():
@@ -107,7 +107,7 @@ def test_closing_the_viewer_stops_the_worker(make_widget, fake_draw, monkeypatch
 def test_gui_keeps_running_while_embeddings_compute(make_widget, monkeypatch, qtbot):
     n, delay = 8, 0.15
 
-    def slow_embed(self, frames=None, *, cancel_event=None):
+    def slow_embed(self, frames=None, *, cancel_event=None, roles=None):
         for i in range(n):
             time.sleep(delay)  # holds no lock the GUI needs, like the real encoder
             yield Progress("embed:interactive", i + 1, n, i)

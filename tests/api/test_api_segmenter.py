@@ -552,6 +552,17 @@ def test_the_propagation_model_can_come_later(sam, sam2):
     assert set(seg.stores) == {"interactive"} and seg.propagation is None
 
 
+def test_the_propagation_model_can_be_attached_while_frames_are_encoded(sam, sam2):
+    """The dock encodes ahead in one thread while a propagation attaches SAM 2 in another."""
+    seg = Segmenter(_tiny_stack(), interactive=sam, stack_axis=0, cache_root=False)
+    steps = seg.embed(frames=[0, 1], roles=("interactive",))
+    first = next(steps)
+    seg.set_propagation(sam2)  # the stores change while the generator is inside its loop
+    rest = list(steps)
+    assert [s.done for s in (first, *rest)] == [1, 2]
+    assert seg.stores["interactive"].is_cached(1) and not seg.stores["propagation"].is_cached(1)
+
+
 # ---------------------------------------------------------------------- hardening (issue 13)
 class _Memory:
     def __init__(self, available: int) -> None:

@@ -117,6 +117,8 @@ BUGS = {
     "bench track-memory": (["bench", "track-memory"],
                            "napari_focsam.benchmarks.track_memory.run_track_memory_benchmark"),
     "bench tiling": (["bench", "tiling"], "napari_focsam.benchmarks.tiling.run_tiling_benchmark"),
+    "bench gui-click": (["bench", "gui-click"],
+                        "napari_focsam.benchmarks.gui_click.run_gui_click_benchmark"),
 }
 
 

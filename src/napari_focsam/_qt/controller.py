@@ -14,7 +14,7 @@ from ..api.segmenter import Progress
 from ..families import Role
 from .axes import AxesError, ImageAxes
 from .live import LivePreview, PreviewRequest
-from .prepare import PrepareTarget, SlicePreparer
+from .prepare import PREPARE_TASK, PrepareTarget, SlicePreparer
 from .prompt_layers import collect_prompt, image_data
 from .session import SegmenterHolder, SegmenterSpec, SetupChoices, weights_problem
 from .status import Messages
@@ -25,8 +25,8 @@ __all__ = ["LONG_TASKS", "USER_CANCEL", "SegmentationController"]
 
 logger = logging.getLogger(__name__)
 
-#: Tasks the Cancel button stops.
-LONG_TASKS = ("embed", "propagate", "download", "everything", "track")
+#: Tasks the Cancel button stops (encoding ahead, the last, only when none of the others runs).
+LONG_TASKS = ("embed", "propagate", "download", "everything", "track", PREPARE_TASK)
 #: The reason of a cancellation by the Cancel button.
 USER_CANCEL = "cancelled by the user"
 
@@ -237,16 +237,19 @@ class SegmentationController(QObject):
 
     def cancel(self) -> None:
         """Stop the running embedding, propagation, download, segment all and track all (what
-        they wrote is kept).
+        they wrote is kept); when none runs, stop encoding ahead (not restarted for the same
+        plane).
 
         Says "Cancelling…" at once; each task's end posts the final message.
         """
-        tasks = self.runner.cancel_all(LONG_TASKS, USER_CANCEL)
+        started = [name for name in LONG_TASKS if name != PREPARE_TASK]
+        tasks = (self.runner.cancel_all(started, USER_CANCEL)
+                 or self.runner.cancel_all((PREPARE_TASK,), USER_CANCEL))
         if not tasks:
             self.messages.info("Nothing to cancel")
             return
         what = {"embed": "the embeddings", "propagate": "the propagation", "download": "the download",
-                "everything": "segment all", "track": "track all"}
+                "everything": "segment all", "track": "track all", PREPARE_TASK: "encoding ahead"}
         self.messages.info(f"Cancelling {' and '.join(what[t.name] for t in tasks)}…")
 
     # ------------------------------------------------------------------ layers and closing

@@ -238,7 +238,8 @@ class LivePreview(QObject):
             if seq == self._seq:
                 self.clear()
                 self._messages.error(f"Preview failed: {event.message}")
-        elif isinstance(event, PreviewResult) and event.seq == self._seq:
+        elif isinstance(event, PreviewResult) and event.seq == self._seq and not self._scheduled:
+            # an edit scheduled since (its request not built yet) makes this result stale
             timings = self._timings
             timings.worker, timings.decoded = event.started, event.decoded
             timings.received = time.perf_counter()

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 PREPARE_DELAY_MS = 150
 #: The runner's name of the task.
 PREPARE_TASK = "prepare"
+#: Why the preparer cancels its own task (any other reason, e.g. the Cancel button, leaves
+#: that plane alone until the choices or the slice change).
+CHANGED = "the slice or the choices changed"
 
 #: What to prepare: the segmenter's spec and the plane (frame, outer).
 PrepareTarget = tuple[SegmenterSpec, int | None, int | None]
@@ -87,6 +90,7 @@ class SlicePreparer(QObject):
         self._target = target
         self._running: Hashable | None = None  # key of the running task
         self._done: Hashable | None = None  # key of the last plane prepared
+        self._stopped: Hashable | None = None  # key of a plane whose task was cancelled from outside
         self._again = False
         self.timer = QTimer(self)
         self.timer.setSingleShot(True)
@@ -113,22 +117,23 @@ class SlicePreparer(QObject):
         matches, and prepare the plane now shown once the choices rest."""
         _, key = self._current()
         if self.runner.running(PREPARE_TASK) and key != self._running:
-            self.runner.cancel(PREPARE_TASK, "the slice or the choices changed")
+            self.runner.cancel(PREPARE_TASK, CHANGED)
         if key is None:
             self.timer.stop()
             if not self.runner.running(PREPARE_TASK):
                 self.status.emit("")
             return
-        if key in (self._running, self._done):
+        if key in (self._running, self._done, self._stopped):
             self.timer.stop()
             return
+        self._stopped = None
         self.timer.start()
 
     def start_now(self) -> None:
         """Prepare the plane now shown (after the running task, if one is stopping)."""
         self.timer.stop()
         target, key = self._current()
-        if key is None or key == self._done:
+        if key is None or key in (self._done, self._stopped):
             return
         if self.runner.running(PREPARE_TASK):
             if key != self._running:
@@ -156,8 +161,14 @@ class SlicePreparer(QObject):
             self.status.emit(f"Could not get ready for a click: {event.message}")
 
     def _on_done(self, task: Task) -> None:
-        self._running = None
+        key, self._running = self._running, None
         again, self._again = self._again, False
+        if task.cancelled and task.reason != CHANGED:  # e.g. the Cancel button: not restarted
+            self._stopped = key
+            if not again:
+                self.status.emit(f"Encoding ahead stopped ({task.reason}); the first click "
+                                 "encodes the slice")
+                return
         if again or task.cancelled:
             self.start_now()
             if task.cancelled and not self.busy:  # nothing else to prepare: no stale line

@@ -323,7 +323,7 @@ class Segmenter:
             if cancel_event is not None and cancel_event.is_set():
                 return
         seen = set()
-        for role, store in self.stores.items():
+        for role, store in list(self.stores.items()):  # another thread may set the propagation model
             if id(store) in seen or role not in roles:
                 continue
             seen.add(id(store))
@@ -333,7 +333,7 @@ class Segmenter:
     @property
     def encoder_calls(self) -> int:
         """Frames and tiles encoded by this segmenter's stores so far (cache hits excluded)."""
-        stores = {id(s): s for s in self.stores.values()}
+        stores = {id(s): s for s in list(self.stores.values())}
         if self.tile_store is not None:
             stores[id(self.tile_store)] = self.tile_store
         return sum(s.encoder_calls for s in stores.values())

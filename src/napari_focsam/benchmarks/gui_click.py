@@ -9,8 +9,8 @@ click's mask and the canvas has drawn it, in stages:
 
 ``click``
     The Points layer's press / release callbacks (the point added, its events).
-``debounce``
-    Until the preview's request is built (the debounce wait, event processing).
+``coalesce``
+    Until the preview's request is built (the 0 ms timer that merges one click's events).
 ``request``
     Building the request (prompts mapped to image pixels).
 ``hand_off``
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 #: The stages of a click, in order: (key, label).
 STAGES = (
     ("click", "click (Points layer callbacks)"),
-    ("debounce", "debounce wait"),
+    ("coalesce", "event coalescing (0 ms timer)"),
     ("request", "request (prompts -> pixels)"),
     ("hand_off", "hand-off to the worker"),
     ("decode", "decode (worker)"),
@@ -95,7 +95,7 @@ class ClickTiming:
         end = drawn if drawn is not None else t.refreshed
         stages = {
             "click": clicked - pressed,
-            "debounce": t.started - clicked,
+            "coalesce": t.started - clicked,
             "request": t.submitted - t.started,
             "hand_off": t.worker - t.submitted,
             "decode": t.decoded - t.worker,

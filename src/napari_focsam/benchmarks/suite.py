@@ -1,8 +1,9 @@
 """``napari-focsam bench all``: every benchmark in one run, as JSON and a markdown report.
 
 Runs the SAM encoder + click, FocSAM refine, SAM 2 propagation (1 / 3 / 10 objects, fp32 and
-bf16), SAM 2 memory-over-stack-length and tiling (stand-in model) benchmarks with their real
-model sizes (random weights), or tiny configs with ``quick=True`` (a smoke test of the
+bf16), SAM 2 memory-over-stack-length, track-all memory, tiling (stand-in model) and, with a
+display, the GUI click -> preview benchmarks with their real model sizes (random weights), or
+tiny configs with ``quick=True`` (a smoke test of the
 machinery, seconds long; its figures mean nothing).
 """
 
@@ -36,6 +37,7 @@ class SuiteStep:
 def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Callable[[], dict],
                                                                         Callable[[dict], str]]]:
     from .focsam import format_focsam_table, run_refiner_benchmark
+    from .gui_click import display_problem, format_gui_click_table, run_gui_click_benchmark
     from .sam import format_sam_table, run_sam_benchmark
     from .sam2 import (
         format_memory_table,
@@ -56,6 +58,7 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
         tiling = {"size": 1536, "n": 30, "isolate": False}
         track = {"model_name": "sam2_test_tiny", "image_size": 128, "frames": 30, "lanes": 3,
                  "sample_every": 10}
+        gui = {"model": "sam_test_tiny", "clicks": 2}
     else:
         sam = {"model": "sam_vit_b", "repeats": 3}
         focsam = {"model": "focsam_vit_h", "repeats": 3}
@@ -65,7 +68,8 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
         tiling = {"size": 4096, "n": 300}
         track = {"model_name": "sam2.1_hiera_tiny", "image_size": 256, "frames": 500,
                  "sample_every": 50}
-    return [
+        gui = {"model": "sam_vit_b", "clicks": 10}
+    plan = [
         ("sam", lambda: run_sam_benchmark(device=device, **sam), format_sam_table),
         ("focsam", lambda: run_refiner_benchmark(device=device, threads=threads, **focsam),
          format_focsam_table),
@@ -77,6 +81,12 @@ def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Call
          format_track_memory),
         ("tiling", lambda: run_tiling_benchmark(**tiling), format_tiling_table),
     ]
+    if display_problem() is None:  # it opens a napari window
+        plan.append(("gui-click", lambda: run_gui_click_benchmark(device=device, **gui),
+                     format_gui_click_table))
+    else:
+        logger.info("bench all: gui-click left out (no display)")
+    return plan
 
 
 def run_suite(out_dir: str | Path, *, quick: bool = False, device: str = "cpu",
@@ -98,7 +108,8 @@ def run_suite(out_dir: str | Path, *, quick: bool = False, device: str = "cpu",
     threads : int, optional
         Torch CPU threads.
     only : tuple of str, optional
-        Subset of ``("sam", "focsam", "sam2", "sam2-memory", "tiling")``.
+        Subset of ``("sam", "focsam", "sam2", "sam2-memory", "track-memory", "tiling",
+        "gui-click")`` (gui-click only with a display).
     """
     import torch
 

@@ -54,7 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     suite.add_argument("--quick", action="store_true",
                        help="tiny configs: checks the machinery in seconds (figures mean nothing)")
     suite.add_argument("--only", type=_names, default=None,
-                       help="comma-separated subset of sam,focsam,sam2,sam2-memory,track-memory,tiling")
+                       help="comma-separated subset of sam,focsam,sam2,sam2-memory,track-memory,tiling,"
+                            "gui-click (with a display)")
     set_command(suite, _all, interrupted="bench.json and bench.md in --out hold the "
                                          "benchmarks finished so far")
 
