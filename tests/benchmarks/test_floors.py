@@ -91,3 +91,27 @@ def test_sam2_table_has_floors_and_the_extra_object_cost(small_peaks):
     assert result["encoder"]["fp32"]["floor_s"] > 0
     table = format_sam2_table(result)
     assert "min/floor" in table and "each extra object (1 -> 2), fp32" in table
+
+
+def test_kernel_lines_name_each_measured_choice():
+    choices = {"AMD EPYC | 2 cpus | torch 2": {
+        "attention_rel_pos|cpu|float32|bh16.nq4096.nk4096.d64.dv64.kh64.kw64|t2|relpos": {
+            "choice": "blocked", "seconds": {"sdpa": 0.0559, "blocked": 0.0485}},
+        "attention|cpu|bfloat16|bh2.nq4096.nk4096.d64.dv64|t2|-": {
+            "choice": "sdpa", "seconds": {"sdpa": 0.187, "blocked": 4.8}},
+        "attention|cpu|bfloat16|bh4.nq4096.nk4096.d64.dv64|t2|-": {
+            "choice": "sdpa", "fastest": "sdpa", "seconds": {"sdpa": 0.187},
+            "screen_seconds": {"sdpa": 0.011, "blocked": 0.282}},
+        "attention|cpu|float32|bh4.nq4096.nk32768.d256.dv256|t1|-": {
+            "choice": "sdpa", "fastest": "blocked", "seconds": {"sdpa": 0.0114, "blocked": 0.0107}}}}
+    lines = floors.kernel_lines(choices)
+    assert lines == [
+        "kernel attention_rel_pos float32 bh16.nq4096.nk4096.d64.dv64.kh64.kw64 t2 relpos: "
+        "blocked (sdpa 55.9 ms, blocked 48.5 ms)",
+        "kernel attention bfloat16 bh2.nq4096.nk4096.d64.dv64 t2: sdpa (sdpa 187.0 ms, "
+        "blocked 4800.0 ms)",
+        "kernel attention bfloat16 bh4.nq4096.nk4096.d64.dv64 t2: sdpa (sdpa 187.0 ms; "
+        "screened out: blocked)",
+        "kernel attention float32 bh4.nq4096.nk32768.d256.dv256 t1: sdpa, the default kept on a "
+        "near tie (sdpa 11.4 ms, blocked 10.7 ms)"]
+    assert floors.kernel_lines({}) == []

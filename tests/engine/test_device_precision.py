@@ -13,26 +13,27 @@ from napari_focsam.engine.precision import (
     DeviceError,
     DtypeError,
     autocast_context,
-    cpu_has_native_bf16,
     fp32_context,
     resolve_device,
     resolve_encoder_dtype,
 )
+from napari_focsam.models import cpu, kernels
 
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    cpu_has_native_bf16.cache_clear()
+    detect = cpu.cpu_native_bf16  # the cached function, even where a test replaces it
+    detect.cache_clear()
     yield
-    cpu_has_native_bf16.cache_clear()
+    detect.cache_clear()
 
 
 def _fake_platform(monkeypatch, system: str, machine: str) -> None:
-    monkeypatch.setattr(precision.platform, "system", lambda: system)
-    monkeypatch.setattr(precision.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cpu.platform, "system", lambda: system)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
 
 
-# ---------------------------------------------------------------- cpu_has_native_bf16
+# ---------------------------------------------------------------- cpu.cpu_native_bf16
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [
@@ -44,8 +45,20 @@ def _fake_platform(monkeypatch, system: str, machine: str) -> None:
 )
 def test_linux_flags(monkeypatch, flags, expected):
     _fake_platform(monkeypatch, "Linux", "x86_64")
-    monkeypatch.setattr(precision, "_read_cpuinfo_flags", lambda: frozenset(flags))
-    assert cpu_has_native_bf16() is expected
+    monkeypatch.setattr(cpu, "read_cpuinfo_flags", lambda: frozenset(flags))
+    assert cpu.cpu_native_bf16() is expected
+
+
+@pytest.mark.parametrize(("native", "dtype", "kernel"), [(True, torch.bfloat16, "blocked"),
+                                                         (False, torch.float32, "sdpa")])
+def test_one_detection_for_the_precision_choice_and_the_kernel_rules(monkeypatch, native, dtype,
+                                                                     kernel):
+    """`models.cpu.cpu_native_bf16` decides both the encoder precision and the attention
+    kernels' default rule for bf16 on the CPU."""
+    monkeypatch.setattr(cpu, "cpu_native_bf16", lambda: native)
+    assert resolve_encoder_dtype(torch.device("cpu")) == dtype
+    q = torch.zeros(1, 2, 8, 4, dtype=torch.bfloat16)
+    assert kernels.REGISTRY.ops["attention"].default(q, q, q, None) == kernel
 
 
 def test_result_is_cached(monkeypatch):
@@ -56,8 +69,8 @@ def test_result_is_cached(monkeypatch):
         calls.append(1)
         return frozenset({"amx_bf16"})
 
-    monkeypatch.setattr(precision, "_read_cpuinfo_flags", fake_flags)
-    assert cpu_has_native_bf16() and cpu_has_native_bf16()
+    monkeypatch.setattr(cpu, "read_cpuinfo_flags", fake_flags)
+    assert cpu.cpu_native_bf16() and cpu.cpu_native_bf16()
     assert len(calls) == 1
 
 
@@ -67,8 +80,8 @@ def test_read_cpuinfo_flags_parses_the_flags_line(tmp_path):
         "processor\t: 0\nmodel name\t: Fake CPU\nflags\t\t: fpu sse2 avx512_bf16\n\n"
         "processor\t: 1\nflags\t\t: fpu sse2 avx512_bf16\n"
     )
-    assert precision._read_cpuinfo_flags(str(cpuinfo)) == {"fpu", "sse2", "avx512_bf16"}
-    assert precision._read_cpuinfo_flags(str(tmp_path / "missing")) == frozenset()
+    assert cpu.read_cpuinfo_flags(str(cpuinfo)) == {"fpu", "sse2", "avx512_bf16"}
+    assert cpu.read_cpuinfo_flags(str(tmp_path / "missing")) == frozenset()
 
 
 @pytest.mark.parametrize(("stdout", "rc", "expected"), [("1\n", 0, True), ("0\n", 0, False),
@@ -80,8 +93,8 @@ def test_macos_arm_uses_sysctl(monkeypatch, stdout, rc, expected):
         assert cmd == ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"]
         return subprocess.CompletedProcess(cmd, rc, stdout=stdout, stderr="")
 
-    monkeypatch.setattr(precision.subprocess, "run", fake_run)
-    assert cpu_has_native_bf16() is expected
+    monkeypatch.setattr(cpu.subprocess, "run", fake_run)
+    assert cpu.cpu_native_bf16() is expected
 
 
 def test_macos_without_sysctl_is_false(monkeypatch):
@@ -90,15 +103,15 @@ def test_macos_without_sysctl_is_false(monkeypatch):
     def broken_run(cmd, **kwargs):
         raise FileNotFoundError("sysctl")
 
-    monkeypatch.setattr(precision.subprocess, "run", broken_run)
-    assert cpu_has_native_bf16() is False
+    monkeypatch.setattr(cpu.subprocess, "run", broken_run)
+    assert cpu.cpu_native_bf16() is False
 
 
 @pytest.mark.parametrize(("system", "machine"), [("Windows", "AMD64"), ("Darwin", "x86_64")])
 def test_other_platforms_are_false(monkeypatch, system, machine):
     _fake_platform(monkeypatch, system, machine)
-    monkeypatch.setattr(precision, "_read_cpuinfo_flags", lambda: frozenset({"amx_bf16"}))
-    assert cpu_has_native_bf16() is False
+    monkeypatch.setattr(cpu, "read_cpuinfo_flags", lambda: frozenset({"amx_bf16"}))
+    assert cpu.cpu_native_bf16() is False
 
 
 # ---------------------------------------------------------------- resolve_device
@@ -149,7 +162,7 @@ def test_missing_cuda_index(monkeypatch):
 # ---------------------------------------------------------------- resolve_encoder_dtype
 @pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
 def test_auto_dtype_on_cpu(monkeypatch, native, expected):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(cpu, "cpu_native_bf16", lambda: native)
     assert resolve_encoder_dtype(torch.device("cpu")) == expected
     assert resolve_encoder_dtype(torch.device("cpu"), "auto") == expected
 
@@ -185,12 +198,12 @@ def test_no_autocast_for_the_device_means_fp32(monkeypatch):
     ],
 )
 def test_explicit_dtypes(monkeypatch, name, expected):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(cpu, "cpu_native_bf16", lambda: True)
     assert resolve_encoder_dtype(torch.device("cpu"), name) == expected
 
 
 def test_emulated_bf16_warns(monkeypatch, caplog):
-    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "cpu_native_bf16", lambda: False)
     assert resolve_encoder_dtype(torch.device("cpu"), "bf16") == torch.bfloat16
     assert "without native bf16" in caplog.text
 

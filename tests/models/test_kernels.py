@@ -235,11 +235,159 @@ def test_attend_uses_the_process_registry(monkeypatch):
     assert seen == ["blocked", "sdpa"]  # fp32, small: the default rule
 
 
-def test_the_probe_is_a_smaller_problem_of_the_same_kind():
-    q = torch.zeros(2, 4, 4096, 32)
-    k = v = torch.zeros(2, 4, 20000, 32)
-    pad = torch.zeros(2, 20000, dtype=torch.bool)
-    pq, pk, pv, pp = kernels.REGISTRY.ops["attention"].probe((q, k, v, pad), 5e8)
-    flops = 2 * pq.shape[0] * pq.shape[1] * pq.shape[2] * pk.shape[2] * 64
-    assert pq.shape[2] >= min(4096, 128 * torch.get_num_threads()) and pk.shape[2] >= 1024
-    assert flops < 4 * 5e8 and pp.shape == (pq.shape[0], pk.shape[2])
+def test_the_probe_keeps_every_batch_entry_head_and_key_and_a_query_block():
+    """SAM 2's memory attention for 3 objects: the part the kernels are timed on holds the
+    blocked kernel's whole score buffer (3 objects x a block of 512 query rows x every key);
+    the screen before it is a small part of the same kind."""
+    q = torch.zeros(3, 1, 4096, 64)
+    k = v = torch.zeros(3, 1, 8192, 64)
+    pad = torch.zeros(3, 8192, dtype=torch.bool)
+    op = kernels.REGISTRY.ops["attention"]
+    rows = max(common.ATTENTION_QUERY_BLOCK, 128 * torch.get_num_threads())
+    pq, pk, pv, pp = op.probe((q, k, v, pad), 5e8)
+    assert pq.shape == (3, 1, rows, 64) and pk.shape == pv.shape == (3, 1, 8192, 64)
+    assert pp.shape == (3, 8192)
+    pq, pk, pv, pp = op.probe((q, k, v, pad), 2 * 3 * 2000 * 8192 * 128)  # more FLOPs: more rows
+    assert pq.shape == (3, 1, max(rows, 2000), 64) and pk.shape == (3, 1, 8192, 64)
+    args = (q[:, :, :300], k, v, None)  # fewer rows than a block: the whole call
+    assert op.probe(args, 5e8) is args
+
+    sq, sk, sv, sp = op.screen((q, k, v, pad), 5e8)
+    flops = 2 * sq.shape[0] * sq.shape[1] * sq.shape[2] * sk.shape[2] * 128
+    assert sq.shape[2] >= min(4096, 128 * torch.get_num_threads()) and sk.shape[2] >= 1024
+    assert flops < 4 * 5e8 and sp.shape == (sq.shape[0], sk.shape[2])
+
+
+# ----------------------------------------------------------------------------- the choice
+class _Clock:
+    """A stand-in for ``time.perf_counter`` that the fake candidates advance."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fake_op(clock: _Clock, seconds_per_item: dict[str, float], fails: tuple[str, ...] = (),
+             calls: list | None = None, parts: bool = False) -> kernels.KernelOp:
+    """Op ``"fake"`` on one 1-D tensor, default candidate ``"a"``: candidate ``n`` takes
+    ``seconds_per_item[n]`` per element on the fake clock and returns a tensor full of its
+    index; with `parts`, a probe (the first half) and a screen (the first tenth)."""
+
+    def candidate(index: int, name: str):
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if calls is not None:
+                calls.append((name, x.numel()))
+            if name in fails:
+                raise RuntimeError(f"{name} does not support this input")
+            clock.now += seconds_per_item[name] * x.numel()
+            return torch.full_like(x, index)
+        return run
+
+    def key(x: torch.Tensor) -> kernels.KernelKey:
+        return kernels.KernelKey(x.device, x.dtype, f"n{kernels.next_pow2(x.numel())}", "",
+                                 float(x.numel()))
+
+    return kernels.KernelOp(
+        "fake", {n: candidate(i, n) for i, n in enumerate(seconds_per_item)}, lambda x: "a", key,
+        (lambda args, flops: (args[0][: len(args[0]) // 2],)) if parts else None,
+        (lambda args, flops: (args[0][: len(args[0]) // 10],)) if parts else None)
+
+
+@pytest.fixture
+def fake_clock(monkeypatch) -> _Clock:
+    clock = _Clock()
+    monkeypatch.setattr(kernels.time, "perf_counter", clock)
+    return clock
+
+
+def _fake_registry(tmp_path, op: kernels.KernelOp) -> KernelRegistry:
+    reg = KernelRegistry(cache_path=tmp_path / "kernels.json", min_flops=0, repeats=2,
+                         probe_flops=10)
+    reg.register(op)
+    return reg
+
+
+def _entry(reg: KernelRegistry) -> dict:
+    [entries] = reg.choices().values()
+    [entry] = entries.values()
+    return entry
+
+
+def test_a_near_tie_keeps_the_default(tmp_path, fake_clock, caplog):
+    reg = _fake_registry(tmp_path, _fake_op(fake_clock, {"a": 1.0, "b": 0.95}))  # b 5 % faster
+    x = torch.zeros(8)
+    with caplog.at_level(logging.INFO, logger="napari_focsam.models.kernels"), torch.no_grad():
+        out = reg.run("fake", x)
+    entry = _entry(reg)
+    assert (entry["choice"], entry["fastest"], entry["default"]) == ("a", "b", "a")
+    assert entry["seconds"] == pytest.approx({"a": 8.0, "b": 7.6})
+    assert torch.equal(out, torch.full((8,), 0.0))  # the default's output of the call
+    assert "a, the default, kept on a near tie: b only 5% faster (needs 10%)" in caplog.text
+    assert reg.choose("fake", x) == "a"
+
+
+def test_a_clear_gain_replaces_the_default(tmp_path, fake_clock):
+    reg = _fake_registry(tmp_path, _fake_op(fake_clock, {"a": 1.0, "b": 0.7}))  # b 30 % faster
+    with torch.no_grad():
+        out = reg.run("fake", torch.zeros(8))
+    entry = _entry(reg)
+    assert (entry["choice"], entry["fastest"]) == ("b", "b")
+    assert torch.equal(out, torch.full((8,), 1.0))
+    [saved] = json.loads((tmp_path / "kernels.json").read_text())["machines"].values()
+    assert saved[f"fake|cpu|float32|n8|t{torch.get_num_threads()}|-"]["choice"] == "b"
+
+
+def test_without_the_default_the_fastest_wins(tmp_path, fake_clock):
+    """No margin when the default candidate failed: ``"c"``, 1 % faster than ``"b"``, wins."""
+    reg = _fake_registry(tmp_path, _fake_op(fake_clock, {"a": 0.1, "b": 1.0, "c": 0.99},
+                                            fails=("a",)))
+    with torch.no_grad():
+        out = reg.run("fake", torch.zeros(8))
+    entry = _entry(reg)
+    assert (entry["choice"], entry["fastest"]) == ("c", "c") and set(entry["seconds"]) == {"b", "c"}
+    assert torch.equal(out, torch.full((8,), 2.0))
+
+
+def test_the_screen_drops_hopeless_candidates_before_the_probe(tmp_path, fake_clock):
+    """``"slow"`` (25x, like emulated bf16 GEMMs) runs on the screen only; the rest are timed
+    on the probe, and the chosen candidate computes the whole call."""
+    calls: list[tuple[str, int]] = []
+    reg = _fake_registry(tmp_path, _fake_op(fake_clock, {"a": 1.0, "b": 0.5, "slow": 25.0},
+                                            calls=calls, parts=True))
+    with torch.no_grad():
+        out = reg.run("fake", torch.zeros(100))
+    assert {n for n, size in calls if size == 10} == {"a", "b", "slow"}  # the screen
+    assert {n for n, size in calls if size == 50} == {"a", "b"}  # the probe
+    assert [n for n, size in calls if size == 100] == ["b"]  # the call
+    entry = _entry(reg)
+    assert entry["choice"] == "b" and set(entry["seconds"]) == {"a", "b"}
+    assert set(entry["screen_seconds"]) == {"a", "b", "slow"} and entry["timed_flops"] == 50
+    assert torch.equal(out, torch.full((100,), 1.0))
+
+
+def test_a_screened_out_default_leaves_the_choice_to_the_fastest(tmp_path, fake_clock):
+    reg = _fake_registry(tmp_path, _fake_op(fake_clock, {"a": 25.0, "b": 1.0, "c": 0.97},
+                                            parts=True))
+    with torch.no_grad():
+        reg.run("fake", torch.zeros(100))
+    entry = _entry(reg)
+    assert entry["choice"] == "c" and "a" not in entry["seconds"]
+
+
+def test_a_cache_of_another_layout_version_is_ignored(tmp_path, fake_clock, caplog):
+    """A file from before the near-tie rule may hold choices that rule would not make."""
+    reg = _fake_registry(tmp_path, _fake_op(fake_clock, {"a": 1.0, "b": 0.95}))
+    fingerprint = kernels.machine_fingerprint("cpu")
+    key = f"fake|cpu|float32|n8|t{torch.get_num_threads()}|-"
+    (tmp_path / "kernels.json").write_text(json.dumps({
+        "version": kernels.CACHE_VERSION - 1,
+        "machines": {fingerprint: {key: {"choice": "b", "seconds": {"a": 1.0, "b": 0.95}}}}}))
+    with caplog.at_level(logging.INFO, logger="napari_focsam.models.kernels"), torch.no_grad():
+        reg.run("fake", torch.zeros(8))
+    assert reg.measurements == 1 and _entry(reg)["choice"] == "a"
+    assert "layout version" in caplog.text and "corrupt" not in caplog.text
+    data = json.loads((tmp_path / "kernels.json").read_text())
+    assert data["version"] == kernels.CACHE_VERSION
+    assert data["machines"][fingerprint][key]["choice"] == "a"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import napari_focsam.models.sam2.memory_attention as ma_mod
+from napari_focsam.models import cpu
 from napari_focsam.models.sam2.memory_attention import (
     MemoryAttention,
     RoPEAttention,
@@ -172,7 +172,7 @@ def test_only_padding_is_refused_on_both_paths():
 
 
 def test_value_fold_is_automatic_for_bf16_on_cpu(monkeypatch):
-    monkeypatch.setattr(ma_mod.kernels, "cpu_native_bf16", lambda: True)  # as on a CPU with avx512_bf16
+    monkeypatch.setattr(cpu, "cpu_native_bf16", lambda: True)  # as on a CPU with avx512_bf16
     attn = _attention(fold=None)
     cross = attn.layers[0].cross_attn_image
     calls = []
@@ -184,7 +184,7 @@ def test_value_fold_is_automatic_for_bf16_on_cpu(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _run(attn, True, curr, memory, curr_pos, memory_pos, n_ptr)
     assert calls
-    monkeypatch.setattr(ma_mod.kernels, "cpu_native_bf16", lambda: False)  # emulated bf16: SDPA, no fold
+    monkeypatch.setattr(cpu, "cpu_native_bf16", lambda: False)  # emulated bf16: SDPA, no fold
     calls.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _run(attn, True, curr, memory, curr_pos, memory_pos, n_ptr)

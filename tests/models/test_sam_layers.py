@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from napari_focsam.models import common, kernels
 from napari_focsam.models.sam import SAM_CONFIGS, build_sam
 from napari_focsam.models.sam.image_encoder import (
-    _attend_bmm,
-    _attend_sdpa,
     decomposed_rel_pos_bias,
+    decomposed_rel_pos_terms,
     pad_grid,
     relative_position_table,
     window_partition,
+    window_partition_filled,
     window_unpartition,
 )
 from napari_focsam.models.sam.mask_decoder import upscale_and_project
@@ -39,6 +40,17 @@ def test_pad_grid_uses_the_fill_token():
     assert pad_grid(x[:, :4, :4], 4, fill).shape == (1, 4, 4, 3)
 
 
+@pytest.mark.parametrize("hw, window", [((64, 64), 14), ((9, 7), 4), ((8, 8), 4), ((3, 9), 4),
+                                        ((9, 3), 4), ((2, 3), 4)])
+def test_window_partition_filled_equals_padding_then_partitioning(hw, window):
+    x = torch.randn(2, *hw, 5)
+    fill = torch.randn(5)
+    windows, padded = window_partition_filled(x, window, fill)
+    expected, expected_padded = window_partition(pad_grid(x, window, fill), window)
+    assert padded == expected_padded and torch.equal(windows, expected)
+    assert windows.is_contiguous()
+
+
 def _naive_rel_pos_attention(q, k, v, rel_h, rel_w, hw):
     """Explicit formula: softmax(q k^T / sqrt(C) + <q, Rh> + <q, Rw>) v, loops over keys."""
     h, w = hw
@@ -53,17 +65,21 @@ def _naive_rel_pos_attention(q, k, v, rel_h, rel_w, hw):
     return torch.softmax(scores + bias, dim=-1) @ v
 
 
-def test_rel_pos_bias_and_both_attention_paths_match_the_formula():
+@pytest.mark.parametrize("kernel", ["sdpa", "blocked", "augmented"])
+def test_rel_pos_bias_and_every_attention_kernel_match_the_formula(kernel):
     torch.manual_seed(0)
     h, w, c = 3, 4, 8
     q, k, v = (torch.randn(1, 2, h * w, c, dtype=torch.float64) for _ in range(3))
     rel_h = torch.randn(2 * h - 1, c, dtype=torch.float64)
     rel_w = torch.randn(2 * w - 1, c, dtype=torch.float64)
     expected = _naive_rel_pos_attention(q, k, v, rel_h, rel_w, (h, w))
-    bias = decomposed_rel_pos_bias(q, relative_position_table(h, h, rel_h),
-                                   relative_position_table(w, w, rel_w), (h, w), (h, w))
-    torch.testing.assert_close(_attend_sdpa(q, k, v, bias), expected)
-    torch.testing.assert_close(_attend_bmm(q, k, v, bias), expected)
+    th, tw = relative_position_table(h, h, rel_h), relative_position_table(w, w, rel_w)
+    bias = decomposed_rel_pos_bias(q, th, tw, (h, w), (h, w))
+    scores = q @ k.transpose(-1, -2) * c ** -0.5 + bias
+    torch.testing.assert_close(torch.softmax(scores, -1) @ v, expected)
+    terms = decomposed_rel_pos_terms(q, th, tw, (h, w))
+    with kernels.force("attention_rel_pos", kernel):
+        torch.testing.assert_close(common.attend_rel_pos(q, k, v, *terms), expected)
 
 
 def test_relative_position_table_resamples_other_lengths():
@@ -91,18 +107,19 @@ def test_global_and_window_blocks_are_chunk_independent(monkeypatch):
     allows (a few roundings of 2^-8 over the encoder's blocks, in norm), and no element of the
     chunked result moves by more than a few roundings of the output's scale.
     """
-    from napari_focsam.models.sam import image_encoder
-
     torch.manual_seed(0)
     model = build_sam(SAM_CONFIGS["sam_test_tiny"])
     x = torch.randn(1, 3, 1024, 1024)
     with torch.no_grad():
-        whole = model.image_encoder(x)
-        monkeypatch.setattr(image_encoder, "SDPA_CHUNK_BYTES", 1)  # one query row per chunk
-        chunked = model.image_encoder(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with kernels.force("attention_rel_pos", "sdpa"):
+            whole = model.image_encoder(x)
+            # 64 query rows per chunk (the global block has 64 x 64 queries)
+            monkeypatch.setattr(common, "REL_POS_SDPA_CHUNK_BYTES", 64 * 4096 * 4 * 2)
+            chunked = model.image_encoder(x)
+        with kernels.force("attention_rel_pos", "blocked"), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
             whole16 = model.image_encoder(x)
-            monkeypatch.setattr(image_encoder, "BMM_CHUNK_BYTES", 1)
+            monkeypatch.setattr(common, "REL_POS_BMM_CHUNK_BYTES", 64 * 4096 * 2 * 2)
             chunked16 = model.image_encoder(x)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     scale = float(whole.abs().max())

@@ -29,6 +29,7 @@ __all__ = [
     "floor_entry",
     "gemm_peak",
     "gemm_peaks",
+    "kernel_lines",
     "meta_flops",
     "peaks_line",
 ]
@@ -219,3 +220,25 @@ def peaks_line(peaks: dict[str, dict]) -> str:
     """``GEMM peak: fp32 123.4 GFLOP/s (n=2048), bf16 ...``."""
     parts = [f"{name} {p['flops_per_s'] / 1e9:.1f} GFLOP/s (n={p['size']})" for name, p in peaks.items()]
     return "GEMM peak on this machine: " + ", ".join(parts) + "; floor = FLOPs / peak"
+
+
+def kernel_lines(choices: dict[str, dict[str, dict]]) -> list[str]:
+    """One line per measured kernel choice (`napari_focsam.models.kernels.choices`):
+    ``kernel attention_rel_pos float32 bh16.nq4096...: blocked (sdpa 55.9 ms, blocked 48.5 ms)``
+    (the candidates' times on the part of the call they were timed on), saying when the
+    default was kept on a near tie and which candidates the screen dropped."""
+    lines = []
+    for entries in choices.values():
+        for key, entry in sorted(entries.items()):
+            op, _, dtype, shape, threads, flags = (key.split("|") + [""] * 6)[:6]
+            seconds = entry.get("seconds", {})
+            times = ", ".join(f"{name} {t * 1e3:.1f} ms" for name, t in seconds.items())
+            dropped = sorted(set(entry.get("screen_seconds", {})) - set(seconds))
+            if dropped:
+                times += f"; screened out: {', '.join(dropped)}"
+            choice = entry.get("choice")
+            if entry.get("fastest", choice) != choice:
+                choice = f"{choice}, the default kept on a near tie"
+            what = f"{op} {dtype} {shape} {threads}" + ("" if flags in ("", "-") else f" {flags}")
+            lines.append(f"kernel {what}: {choice} ({times})")
+    return lines

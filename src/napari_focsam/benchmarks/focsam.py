@@ -19,7 +19,15 @@ from ..families import UnknownModelError
 from ..models import kernels
 from ..models.focsam import FOCSAM_CONFIGS, FocSamConfig, FocusRefiner
 from ..models.sam import SamModel
-from .floors import FLOOR_HEADER, count_flops, floor_cells, floor_entry, gemm_peaks, peaks_line
+from .floors import (
+    FLOOR_HEADER,
+    count_flops,
+    floor_cells,
+    floor_entry,
+    gemm_peaks,
+    kernel_lines,
+    peaks_line,
+)
 from .timing import Timing, machine_info, peak_rss_mib, time_call
 
 logger = logging.getLogger(__name__)
@@ -245,4 +253,5 @@ def format_focsam_table(result: dict) -> str:
     if "floors" in result:
         lines += ["", peaks_line(result["floors"]["gemm_peak"]) + " (decoder: fp32; '-': no "
                   "matmul FLOPs counted)"]
+    lines += kernel_lines(result.get("kernels") or {})
     return "\n".join(lines)

@@ -16,7 +16,16 @@ from ..engine.sam_predictor import SamPredictor
 from ..families import UnknownModelError
 from ..models import kernels
 from ..models.sam import SAM_CONFIGS, build_sam
-from .floors import FLOOR_HEADER, count_flops, floor_cells, floor_entry, gemm_peaks, meta_flops, peaks_line
+from .floors import (
+    FLOOR_HEADER,
+    count_flops,
+    floor_cells,
+    floor_entry,
+    gemm_peaks,
+    kernel_lines,
+    meta_flops,
+    peaks_line,
+)
 from .timing import machine_info, peak_rss_mib, time_call
 
 logger = logging.getLogger(__name__)
@@ -105,8 +114,8 @@ def run_sam_benchmark(
     peaks = gemm_peaks(("fp32", *dtypes), dev)
     flops = meta_flops(lambda: build_sam(SAM_CONFIGS[model]),
                        lambda m: m.image_encoder(torch.zeros(1, 3, size, size)))
-    if flops is None:
-        with torch.inference_mode():
+    if flops is None:  # not inference_mode: the FLOP counter sees nothing there
+        with torch.no_grad():
             flops = count_flops(lambda: net.image_encoder(x))
     for name, entry in result["encoder"].items():
         entry.update(floor_entry(flops, peaks[name], entry["min_s"]))
@@ -139,4 +148,5 @@ def format_sam_table(result: dict) -> str:
     lines.append(f"{'peak RSS':<42} {result['peak_rss_mib']:>8.0f}MiB")
     if "floors" in result:
         lines += ["", peaks_line(result["floors"]["gemm_peak"]) + " (clicks: fp32)"]
+    lines += kernel_lines(result.get("kernels") or {})
     return "\n".join(lines)

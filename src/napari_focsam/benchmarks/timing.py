@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import UserError
+from ..models.cpu import cpu_model, cpu_native_bf16
 
 
 class BenchmarkError(UserError, ValueError):
@@ -65,23 +66,12 @@ def peak_rss_mib() -> float:
 
 def machine_info() -> dict[str, object]:
     """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from ..engine.precision import cpu_has_native_bf16
-
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
+        "cpu_native_bf16": cpu_native_bf16(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -1,35 +1,31 @@
-"""Pick the device and the image-encoder precision, and detect native bf16 on CPUs.
+"""Pick the device and the image-encoder precision.
 
 bf16 autocast speeds the ViT encoders up only where the CPU has native bf16 instructions
 (AVX512-BF16 / AMX on x86, FEAT_BF16 on Apple silicon); elsewhere it is emulated and slower
-than fp32, so ``"auto"`` picks it only on such CPUs. Mask decoders always run in fp32.
+than fp32, so ``"auto"`` picks it only on such CPUs (`napari_focsam.models.cpu.cpu_native_bf16`,
+the detection the kernel registry's default rules use too). Mask decoders always run in fp32.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
-import platform
-import subprocess
 
 import torch
 
 from ..errors import UserError
+from ..models import cpu
 
 __all__ = [
     "DeviceError",
     "DtypeError",
     "autocast_context",
-    "cpu_has_native_bf16",
     "fp32_context",
     "resolve_device",
     "resolve_encoder_dtype",
 ]
 
 logger = logging.getLogger(__name__)
-
-_X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 _DTYPE_NAMES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -47,56 +43,6 @@ class DeviceError(UserError, ValueError):
 
 class DtypeError(UserError, ValueError):
     """The requested encoder precision is unknown."""
-
-
-def _read_cpuinfo_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
-    """CPU feature flags from Linux ``/proc/cpuinfo`` (empty when unreadable)."""
-    flags: set[str] = set()
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    flags.update(value.split())
-    except OSError as err:
-        logger.debug("could not read %s: %s", path, err)
-    return frozenset(flags)
-
-
-def _macos_sysctl_bf16() -> bool:
-    """Whether ``sysctl hw.optional.arm.FEAT_BF16`` reports 1 (False when unavailable)."""
-    try:
-        result = subprocess.run(
-            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"],
-            capture_output=True,
-            text=True,
-            timeout=2,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as err:
-        logger.debug("sysctl failed: %s", err)
-        return False
-    return result.returncode == 0 and result.stdout.strip() == "1"
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU executes bf16 matrix maths natively (the result is cached).
-
-    Returns
-    -------
-    bool
-        Linux: ``avx512_bf16`` or ``amx_bf16`` among the ``/proc/cpuinfo`` flags. macOS on
-        arm64: ``sysctl hw.optional.arm.FEAT_BF16`` is 1. Anything else: False.
-    """
-    system, machine = platform.system(), platform.machine().lower()
-    if system == "Linux":
-        found = sorted(_X86_BF16_FLAGS & _read_cpuinfo_flags())
-        logger.debug("native bf16 CPU flags: %s", found or "none")
-        return bool(found)
-    if system == "Darwin" and machine in ("arm64", "aarch64"):
-        return _macos_sysctl_bf16()
-    return False
 
 
 def _mps_available() -> bool:
@@ -205,7 +151,7 @@ def resolve_encoder_dtype(device: torch.device, dtype: str | torch.dtype = "auto
             f"encoder dtype {chosen} needs autocast on {device.type}, which torch "
             f"{torch.__version__} does not support there; use 'fp32' or a newer torch."
         )
-    if device.type == "cpu" and chosen == torch.bfloat16 and not cpu_has_native_bf16():
+    if device.type == "cpu" and chosen == torch.bfloat16 and not cpu.cpu_native_bf16():
         logger.warning(
             "bf16 was requested on a CPU without native bf16 support; it will be emulated and "
             "is likely slower than fp32."
@@ -229,7 +175,7 @@ def _auto_dtype(device: torch.device) -> torch.dtype:
     if not _autocast_supported(device.type):
         return torch.float32
     if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return torch.bfloat16 if cpu.cpu_native_bf16() else torch.float32
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     if device.type == "mps":

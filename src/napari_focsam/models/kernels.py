@@ -4,7 +4,13 @@ Machines differ (a CPU with or without AMX or native bf16, a laptop, a GPU), and
 fastest way to compute the same op. An op registered here (`KernelOp`) has *candidates*,
 functions that return the same result up to rounding, and a *default rule* (the built-in
 choice). The first time a call's *key* is seen, the candidates are timed on the call's own
-inputs and the fastest is remembered, like cuDNN's benchmark mode.
+inputs and the choice is remembered, like cuDNN's benchmark mode.
+
+Ops (registered by `napari_focsam.models.common`)
+    ``attention`` (Hiera, SAM 2 memory attention), ``attention_bias`` (TinyViT's learned
+    bias), ``attention_rel_pos`` (SAM ViT's decomposed relative positions) and
+    ``attention_zero_key`` (FocSAM's refiner windows); see their functions there for the
+    candidates and default rules.
 
 Key
     ``op | device type | dtype | shape signature | threads | flags``: the shape signature is
@@ -14,22 +20,41 @@ Key
 
 When measuring happens
     Only on inference-sized work: the op's FLOP estimate must reach `MEASURE_MIN_FLOPS`
-    (0.1 GFLOP; the tiny test models stay below it, so tests always take the default rule),
+    (0.1 GFLOP; tiny test models at small inputs stay below it and take the default rule),
     gradients must not be recorded (no input requiring grad while grad mode is on), and not
     while tracing or compiling (``torch.jit`` / ``torch.compile``: the default rule is used).
     A measurement runs each candidate once (warm-up) and then `REPEATS` times under no_grad,
-    keeps the minimum, and returns the winner's output of the actual call; a candidate whose
-    warm-up takes over `SLOW_S` and 20x the best so far is not run again, and one whose first
-    timed run takes over `SLOW_S` is not repeated. On the CPU the candidates are timed
-    on a part of the call of about `PROBE_FLOPS` (e.g. fewer query rows), so a candidate that
-    is very slow on this machine costs a fraction of a second, not minutes.
+    keeps the minimum, and returns the chosen candidate's output of the actual call; a
+    candidate whose warm-up takes over `SLOW_S` and 20x the best so far is not run again, and
+    one whose first timed run takes over `SLOW_S` is not repeated.
+
+On the CPU: a representative part, after a screen
+    Calls above `PROBE_FLOPS` are timed on a part of the call (`KernelOp.probe`) that keeps
+    what decides the kernels' order, the working set of their buffers: for attention every
+    batch entry, head and key and at least one full block of query rows, only fewer query
+    rows. (Timed on a part that fits in the caches, a GEMM-based kernel can win by a few
+    percent and then take 1.3x as long as SDPA on the whole call, its score buffer spilling.)
+    That part can be far larger than `PROBE_FLOPS`, so when the op has a `KernelOp.screen`,
+    each candidate first runs on a small part of about `PROBE_FLOPS` and one more than
+    `SCREEN_SLOWDOWN` times slower than the fastest there is dropped (e.g. emulated bf16 GEMMs
+    on a CPU without native bf16, 20-30x slower): a hopeless candidate costs a fraction of a
+    second, not seconds.
+
+The choice: the default unless clearly beaten
+    The fastest candidate replaces the default rule's candidate only when it takes at most
+    ``1 - MIN_GAIN`` of the default's time (at least 10 % less); on a near tie the default
+    is kept, since a few percent on a part of the call are within the noise and the
+    difference between a part and the whole call. When the default candidate failed or was
+    screened out, the fastest is chosen. The cache entry records both (``choice``,
+    ``fastest``), and the log line says when the default was kept on a near tie.
 
 Cache
     In memory, and in a JSON file keyed by a machine fingerprint (CPU model, core count, torch
     version, GPU name): ``$NAPARI_FOCSAM_KERNEL_CACHE`` if set, else
     ``<user cache dir>/napari-focsam/kernels.json``. Writes are atomic (temporary file +
-    ``os.replace``); an unreadable or corrupt file is ignored with one warning and rewritten; a
-    location that cannot be written keeps the choices in memory.
+    ``os.replace``); an unreadable or corrupt file is ignored with one warning and rewritten,
+    as is one of another `CACHE_VERSION` (its choices may follow older rules); a location that
+    cannot be written keeps the choices in memory.
 
 Overrides (strongest first)
     - Python: ``force("attention", "sdpa")`` (context manager) or ``set_forced(...)``;
@@ -45,8 +70,8 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
-import platform
 import tempfile
 import threading
 import time
@@ -57,18 +82,19 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .cpu import cpu_model
 
 __all__ = [
     "ENV_KERNELS",
     "ENV_KERNEL_CACHE",
     "MEASURE_MIN_FLOPS",
+    "MIN_GAIN",
     "REGISTRY",
     "KernelChoiceError",
     "KernelKey",
     "KernelOp",
     "KernelRegistry",
     "choices",
-    "cpu_native_bf16",
     "default_cache_path",
     "force",
     "machine_fingerprint",
@@ -87,15 +113,25 @@ ENV_KERNELS = "NAPARI_FOCSAM_KERNELS"
 ENV_KERNEL_CACHE = "NAPARI_FOCSAM_KERNEL_CACHE"
 #: Work below this many FLOPs (the op's estimate) takes the default rule, unmeasured.
 MEASURE_MIN_FLOPS = 1e8
-#: On the CPU, candidates are timed on a part of the call of about this many FLOPs
-#: (`KernelOp.probe`), then the winner computes the call.
+#: On the CPU, calls above this many FLOPs are timed on a part (`KernelOp.probe`: about this
+#: many FLOPs or more) after a screen on a part of about this many (`KernelOp.screen`), then
+#: the chosen candidate computes the call.
 PROBE_FLOPS = 5e8
+#: A candidate replaces the default rule's only when it takes at most ``1 - MIN_GAIN`` of the
+#: default candidate's time: near ties keep the default.
+MIN_GAIN = 0.10
+#: A candidate this many times slower than the fastest on the screen is not timed further.
+#: Kernels' order changes between a small part and the whole call by up to ~5x (SAM's ViT
+#: rel-pos, 2 threads of an AMD EPYC: the one-hot kernel 4.5x slower than SDPA on 64 query
+#: rows, 1.2x on 512), emulated bf16 GEMMs are 20-30x slower.
+SCREEN_SLOWDOWN = 8.0
 #: Timed runs per candidate after the warm-up run.
 REPEATS = 2
 #: A candidate whose first timed run takes longer than this is not run again (nor one whose
 #: warm-up takes longer than this and 20x the best candidate so far).
 SLOW_S = 1.0
-CACHE_VERSION = 1
+#: Layout of the cache file; a file of another version is ignored (and rewritten).
+CACHE_VERSION = 2
 #: Words of `ENV_KERNELS` and `force`: measure / take the built-in rule.
 AUTO, DEFAULT = "auto", "default"
 _OFF_WORDS = frozenset({"off", DEFAULT, "0", "false", "no"})
@@ -148,9 +184,15 @@ class KernelOp:
         The op's arguments -> `KernelKey`, or None when the call cannot be measured (the
         default rule is used).
     probe : callable or None
-        ``(args, flops) -> args``: a smaller problem of about `flops` FLOPs that the
-        candidates are timed on instead of the whole call (on the CPU, where a slow candidate
-        can be 100x slower: bf16 GEMMs without native bf16). None: time the whole call.
+        ``(args, flops) -> args``: the part of a CPU call the candidates are timed on instead
+        of the whole call, of about `flops` FLOPs or more: it must keep what sets the kernels'
+        order (their buffers' working set), so it may be the whole call. None: time the whole
+        call.
+    screen : callable or None
+        ``(args, flops) -> args``: a small part of about `flops` FLOPs that every candidate
+        runs on first; those more than `SCREEN_SLOWDOWN` times slower than the fastest there
+        are not timed on the probe (on the CPU, where a candidate can be 30x slower: bf16
+        GEMMs without native bf16). None: no screen.
     """
 
     name: str
@@ -158,38 +200,12 @@ class KernelOp:
     default: Callable[..., str]
     key: Callable[..., KernelKey | None]
     probe: Callable[[tuple, float], tuple] | None = None
+    screen: Callable[[tuple, float], tuple] | None = None
 
 
 def next_pow2(n: int) -> int:
     """Smallest power of two >= `n` (1 for n <= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-@functools.cache
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-@functools.cache
-def cpu_native_bf16() -> bool:
-    """Whether this CPU has native bf16 GEMMs: ``avx512_bf16`` or ``amx_bf16`` among the Linux
-    ``/proc/cpuinfo`` flags (False elsewhere: measuring decides there)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
 
 
 def machine_fingerprint(device: torch.device | str = "cpu") -> str:
@@ -201,7 +217,7 @@ def machine_fingerprint(device: torch.device | str = "cpu") -> str:
 @functools.lru_cache(maxsize=16)
 def _fingerprint(device_name: str) -> str:
     device = torch.device(device_name)
-    parts = [_cpu_model(), f"{os.cpu_count()} cpus", f"torch {torch.__version__}"]
+    parts = [cpu_model(), f"{os.cpu_count()} cpus", f"torch {torch.__version__}"]
     if device.type == "cuda":
         parts.append(torch.cuda.get_device_name(device))
     elif device.type != "cpu":
@@ -229,6 +245,12 @@ def _tracing() -> bool:
     return compiling or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
+def _flops(op: KernelOp, args: tuple) -> float:
+    """The op's FLOP estimate for `args` (a part of a call; inf when its key gives none)."""
+    info = op.key(*args)
+    return math.inf if info is None else info.flops
+
+
 def _synchronise(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -252,7 +274,7 @@ class KernelRegistry:
     repeats : int
         Timed runs per candidate after one warm-up.
     probe_flops : float
-        Size of the part of a CPU call the candidates are timed on (`PROBE_FLOPS`).
+        CPU calls above this many FLOPs are timed on a part (`PROBE_FLOPS`).
     """
 
     def __init__(self, cache_path: str | Path | None | object = _UNSET,
@@ -335,7 +357,8 @@ class KernelRegistry:
 
     def choices(self) -> dict[str, dict[str, dict]]:
         """The measured choices used in this process (measured now or read from the cache):
-        fingerprint -> key -> ``choice``, ``seconds`` (per candidate) ..."""
+        fingerprint -> key -> ``choice``, ``fastest``, ``default``, ``seconds`` (per candidate
+        timed on the probe), ``screen_seconds`` (when screened) ..."""
         out: dict[str, dict[str, dict]] = {}
         for fp, key in sorted(self._used):
             out.setdefault(fp, {})[key] = dict(self._memory[fp][key])
@@ -437,44 +460,93 @@ class KernelRegistry:
 
     def _measure(self, op: KernelOp, measure_key: tuple, args: tuple) -> torch.Tensor:
         fingerprint, key, info = measure_key
+        default = op.default(*args)
         if not self._lock.acquire(blocking=False):  # another thread is measuring: don't wait
-            return op.candidates[op.default(*args)](*args)
+            return op.candidates[default](*args)
         try:
-            times: dict[str, float] = {}
-            best_name, best_out = None, None
-            probing = (op.probe is not None and info.device.type == "cpu"
-                       and info.flops > self.probe_flops)
-            timed_args = op.probe(args, self.probe_flops) if probing else args
+            timed_args, timed_flops = self._timed_part(op, args, info)
+            whole = timed_args is args
+            names, screened = list(op.candidates), {}
             with torch.no_grad():
-                for name, fn in op.candidates.items():
-                    try:  # a candidate may not support this input (or run out of memory)
-                        times[name], out = self._time(fn, timed_args, info.device,
-                                                      min(times.values(), default=None))
-                    except Exception as exc:
-                        logger.debug("kernel %s for %s failed: %s", name, key, exc)
-                        continue
-                    if best_name is None or times[name] < times[best_name]:
-                        best_name, best_out = name, None if probing else out
-                    del out
+                if op.screen is not None and not whole:
+                    small = op.screen(args, self.probe_flops)
+                    if 2 * _flops(op, small) <= timed_flops:  # a screen only where it is cheap
+                        screened, _ = self._time_all(op, names, small, info.device, key, 1, None)
+                        fastest = min(screened.values(), default=None)
+                        names = [n for n in names if fastest is not None and n in screened
+                                 and screened[n] <= SCREEN_SLOWDOWN * fastest]
+                times, outputs = self._time_all(op, names, timed_args, info.device, key,
+                                                self.repeats, default if whole else None)
             self.measurements += 1
-            if best_name is None:  # nothing ran: the default rule raises its own error
-                return op.candidates[op.default(*args)](*args)
-            if probing:
-                best_out = op.candidates[best_name](*args)
-            entry = {"choice": best_name, "seconds": times, "flops": info.flops,
-                     "timed_flops": info.flops if not probing else min(info.flops, self.probe_flops),
+            if not times:  # nothing ran: the default rule raises its own error
+                return op.candidates[default](*args)
+            fastest = min(times, key=times.__getitem__)
+            choice = (default if default in times and times[fastest] > (1 - MIN_GAIN) * times[default]
+                      else fastest)
+            entry = {"choice": choice, "fastest": fastest, "default": default, "seconds": times,
+                     "flops": info.flops, "timed_flops": timed_flops,
                      "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
+            if screened:
+                entry["screen_seconds"] = screened
             self._memory.setdefault(fingerprint, {})[key] = entry
             self._used.add((fingerprint, key))
-            logger.info("kernel %s: %s (%s)", key, best_name,
-                        ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items()))
+            self._log_choice(key, entry)
             self._save(fingerprint, key, entry)
-            return best_out
+            return outputs[choice] if whole else op.candidates[choice](*args)
         finally:
             self._lock.release()
 
+    def _timed_part(self, op: KernelOp, args: tuple, info: KernelKey) -> tuple[tuple, float]:
+        """What the candidates are timed on, and its FLOPs: on the CPU, a call above
+        `probe_flops` is cut to the op's probe; otherwise (or when the probe is the whole call)
+        `args` itself."""
+        if op.probe is not None and info.device.type == "cpu" and info.flops > self.probe_flops:
+            part = op.probe(args, self.probe_flops)
+            part_flops = _flops(op, part)
+            if part_flops < info.flops:
+                return part, part_flops
+        return args, info.flops
+
+    def _time_all(self, op: KernelOp, names: list[str], args: tuple, device: torch.device,
+                  key: str, repeats: int, default: str | None
+                  ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """Seconds of each candidate in `names` on `args` (those that failed left out), and the
+        outputs of `default` and the fastest when `default` is given (else none kept)."""
+        times: dict[str, float] = {}
+        outputs: dict[str, torch.Tensor] = {}
+        for name in names:
+            try:  # a candidate may not support this input (or run out of memory)
+                times[name], out = self._time(op.candidates[name], args, device,
+                                              min(times.values(), default=None), repeats)
+            except Exception as exc:
+                logger.debug("kernel %s for %s failed: %s", name, key, exc)
+                continue
+            if default is not None:
+                outputs[name] = out
+                fastest = min(times, key=times.__getitem__)
+                for other in [n for n in outputs if n not in (default, fastest)]:
+                    del outputs[other]
+            del out
+        return times, outputs
+
+    @staticmethod
+    def _log_choice(key: str, entry: dict) -> None:
+        times = entry["seconds"]
+        listed = ", ".join(f"{n} {t * 1e3:.2f} ms" for n, t in times.items())
+        dropped = sorted(set(entry.get("screen_seconds", {})) - set(times))
+        if dropped:
+            listed += f"; screened out: {', '.join(dropped)}"
+        choice, fastest = entry["choice"], entry["fastest"]
+        if choice == fastest:
+            logger.info("kernel %s: %s (%s)", key, choice, listed)
+        else:
+            gain = 1 - times[fastest] / times[choice]
+            logger.info("kernel %s: %s, the default, kept on a near tie: %s only %.0f%% faster "
+                        "(needs %.0f%%) (%s)", key, choice, fastest, 100 * gain, 100 * MIN_GAIN,
+                        listed)
+
     def _time(self, fn: Callable[..., torch.Tensor], args: tuple, device: torch.device,
-              best_so_far: float | None) -> tuple[float, torch.Tensor]:
+              best_so_far: float | None, repeats: int) -> tuple[float, torch.Tensor]:
         """Min seconds of `repeats` runs after a warm-up, and the last output.
 
         A candidate much slower than the best so far (warm-up over `SLOW_S` and 20x the best)
@@ -488,7 +560,7 @@ class KernelRegistry:
         if best_so_far is not None and warmup > max(SLOW_S, 20 * best_so_far):
             return warmup, out
         best = float("inf")
-        for _ in range(self.repeats):
+        for _ in range(repeats):
             del out
             start = time.perf_counter()
             out = fn(*args)
@@ -516,8 +588,13 @@ class KernelRegistry:
             return {}
         try:
             data = json.loads(text)
+            if isinstance(data, dict) and data.get("version") != CACHE_VERSION:
+                self._warn_once(f"version {path}", "kernel cache %s has layout version %s, not %s: "
+                                "it is ignored and will be rewritten", path, data.get("version"),
+                                CACHE_VERSION, level=logging.INFO)
+                return {}
             machines = data["machines"]
-            if data.get("version") != CACHE_VERSION or not isinstance(machines, dict) or not all(
+            if not isinstance(machines, dict) or not all(
                     isinstance(e, dict) and all(isinstance(v, dict) for v in e.values())
                     for e in machines.values()):
                 raise ValueError("unexpected layout")

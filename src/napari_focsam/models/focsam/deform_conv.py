@@ -21,14 +21,13 @@ the sampling positions and weights are computed in float32.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..common import autocast_dtype, cached_derived, no_autocast
 
 __all__ = ["DeformLayer", "ModulatedDeformConv3x3", "modulated_deform_conv3x3"]
 
@@ -42,71 +41,6 @@ KERNEL_POINTS = KERNEL * KERNEL
 #: efficient GEMM, small enough to stay in the CPU cache (and under glibc's mmap threshold).
 _CHUNK_ELEMENTS = 1 << 20
 
-_T = TypeVar("_T")
-
-
-# --------------------------------------------------------------------------------------------
-# helpers shared with the refiner's layers
-# --------------------------------------------------------------------------------------------
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype active for ``device``'s type, or None when autocast is off there."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.get_autocast_dtype(device.type)
-    return None
-
-
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    """Context that switches an enclosing autocast off on ``device`` (nothing when it is off)."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
-def cached_derived(owner: nn.Module, name: str, sources: Sequence[torch.Tensor],
-                   build: Callable[[], _T]) -> _T:
-    """A value derived from parameters (fused or reshaped weights, lookup tables), cached on
-    ``owner`` until one of ``sources`` changes (storage, in-place update, dtype or device).
-
-    Nothing is cached while autograd records through a source (the value must then be part of
-    the graph) or for inference-mode tensors, which have no version counter.
-
-    Parameters
-    ----------
-    owner : nn.Module
-        Holds the cache (outside its state_dict).
-    name : str
-        Key of the value on ``owner``.
-    sources : sequence of torch.Tensor
-        The tensors the value is computed from.
-    build : callable
-        Computes the value.
-
-    Returns
-    -------
-    object
-        ``build()`` or its cached result.
-    """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
-        return build()
-    try:
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
-    except RuntimeError:  # inference tensors do not track versions
-        return build()
-    store: dict[str, tuple[tuple, object]] = owner.__dict__.setdefault("_derived_cache", {})
-    hit = store.get(name)
-    if hit is not None and hit[0] == key:
-        return hit[1]  # type: ignore[return-value]
-    # ordinary tensors even when first built in inference mode: later autograd use may save them
-    with torch.inference_mode(False), torch.no_grad():
-        value = build()
-    store[name] = (key, value)
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# the convolution
-# --------------------------------------------------------------------------------------------
 
 def _sampling_corners(offset: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Corner rows and weights of every bilinear sample, in float32.

@@ -5,9 +5,10 @@ Attribute names follow the official ``refine_head.blocks.{i}.{img2cls,cls2img}``
 Speed (CPU) without changing the parameters or the maths beyond float reordering:
 
 * self-attention runs the q/k/v projections as one GEMM (weights concatenated and cached);
-* the appended zero key / value is handled analytically: it adds ``exp(0)`` to each softmax
-  denominator and nothing to the numerator, i.e. it scales the plain attention output by
-  ``sigmoid(logsumexp)``;
+* the appended zero key / value is `napari_focsam.models.common.attend_zero_key`, whose kernel
+  is chosen by measurement (the CPU default handles it analytically: it adds ``exp(0)`` to each
+  softmax denominator and nothing to the numerator, i.e. it scales the plain attention output
+  by ``sigmoid(logsumexp)``);
 * a class token attending to a window (few queries, ``k is v``) folds the key projection into
   the query and the value projection behind the attention-weighted token sum, so the window's
   keys and values are never computed;
@@ -29,8 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import merge_heads, split_heads
-from .deform_conv import DeformLayer, autocast_dtype, cached_derived, no_autocast
+from ..common import (
+    attend_zero_key,
+    autocast_dtype,
+    cached_derived,
+    merge_heads,
+    no_autocast,
+    split_heads,
+)
+from .deform_conv import DeformLayer
 
 logger = logging.getLogger(__name__)
 
@@ -44,34 +52,6 @@ def window_chunks(n: int, per_chunk: int = ATTENTION_CHUNK_WINDOWS) -> list[slic
     count = max(1, -(-n // per_chunk))
     bounds = [i * n // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-
-
-_CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-
-
-def zero_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention with an extra all-zero key and value appended (scale ``Ch ** -0.5``).
-
-    Parameters
-    ----------
-    q : torch.Tensor
-        ``B x heads x Nq x Ch``.
-    k, v : torch.Tensor
-        ``B x heads x Nk x Ch``.
-
-    Returns
-    -------
-    torch.Tensor
-        ``B x heads x Nq x Ch``. On the CPU the zero key is applied analytically: the output of
-        attention over the real keys times ``sigmoid(logsumexp of the real logits)``.
-    """
-    if q.device.type == "cpu" and _CPU_FLASH_ATTENTION is not None and not (
-            torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        out, lse = _CPU_FLASH_ATTENTION(q, k, v)  # lse: B x heads x Nq, float32
-        return out.mul_(torch.sigmoid(lse).unsqueeze(-1).to(out.dtype))
-    k = F.pad(k, (0, 0, 0, 1))  # B x heads x (Nk + 1) x Ch, last key all zero
-    v = F.pad(v, (0, 0, 0, 1))
-    return F.scaled_dot_product_attention(q, k, v)
 
 
 class ZeroKeyAttention(nn.Module):
@@ -107,7 +87,7 @@ class ZeroKeyAttention(nn.Module):
         heads = self.num_heads
         q, k, v = (split_heads(p(t), heads) for p, t in ((self.q_proj, q), (self.k_proj, k),
                                                           (self.v_proj, v)))
-        return self.proj(merge_heads(zero_key_attention(q, k, v)))
+        return self.proj(merge_heads(attend_zero_key(q, k, v)))
 
     def _fused_qkv(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """q/k/v weights ``3C x C`` and biases ``3C`` stacked, in ``dtype`` (cached)."""
@@ -123,7 +103,7 @@ class ZeroKeyAttention(nn.Module):
         weight, bias = self._fused_qkv(autocast_dtype(x.device) or self.q_proj.weight.dtype)
         qkv = F.linear(x, weight, bias).view(b, n, 3, self.num_heads, c // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each B x heads x N x Ch
-        return self.proj(merge_heads(zero_key_attention(q, k, v)))
+        return self.proj(merge_heads(attend_zero_key(q, k, v)))
 
     def folded_attention(self, q: torch.Tensor, kv: torch.Tensor | Sequence[torch.Tensor],
                          kv_norm: nn.Module | None = None) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..common import autocast_dtype, no_autocast
 from .config import FocusRefinerConfig
-from .deform_conv import autocast_dtype, no_autocast
 from .focus import box_grid_mask, focus_box
 from .layers import CrossAttentionBlock, MSAModule, window_chunks
 

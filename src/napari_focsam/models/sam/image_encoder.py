@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import LayerNorm2d, MLPBlock
+from ..common import LayerNorm2d, Linear, MLPBlock, attend, attend_rel_pos
 from .config import ViTEncoderConfig
 
 
@@ -90,6 +90,49 @@ def pad_grid(x: torch.Tensor, window: int, fill: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def window_partition_filled(x: torch.Tensor, window: int,
+                            fill: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """:func:`pad_grid` then :func:`window_partition`, in one pass over ``x``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``B x H x W x C``.
+    window : int
+        Window side.
+    fill : torch.Tensor
+        ``C`` values of the padding token (bottom / right).
+
+    Returns
+    -------
+    windows : torch.Tensor
+        ``(B * nWh * nWw) x window x window x C``, contiguous.
+    padded_hw : tuple of int
+        ``(Hp, Wp)``.
+    """
+    b, h, w, c = x.shape
+    nh, nw = -(-h // window), -(-w // window)
+    if (nh * window, nw * window) == (h, w):
+        return window_partition(x, window)
+    out = x.new_empty(b, nh, nw, window, window, c)
+    grid = out.permute(0, 1, 3, 2, 4, 5)  # B x nWh x win x nWw x win x C: the padded grid
+    fh, fw = h // window, w // window  # whole windows
+    rh, rw = h - fh * window, w - fw * window  # rows / columns of the partial ones
+    fill = fill.to(x.dtype)
+    if rh:
+        grid[:, fh, rh:] = fill  # the padding rows
+    if rw:
+        grid[:, :, :, fw, rw:] = fill  # the padding columns
+    grid[:, :fh, :, :fw] = x[:, :fh * window, :fw * window].view(b, fh, window, fw, window, c)
+    if rh:
+        grid[:, fh, :rh, :fw] = x[:, fh * window:, :fw * window].view(b, rh, fw, window, c)
+    if rw:
+        grid[:, :fh, :, fw, :rw] = x[:, :fh * window, fw * window:].view(b, fh, window, rw, c)
+    if rh and rw:
+        grid[:, fh, :rh, fw, :rw] = x[:, fh * window:, fw * window:]
+    return out.view(-1, window, window, c), (nh * window, nw * window)
+
+
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Relative-position embeddings for every (query, key) pair along one axis.
 
@@ -123,9 +166,11 @@ def decomposed_rel_pos_bias(
     q_hw: tuple[int, int],
     k_hw: tuple[int, int],
 ) -> torch.Tensor:
-    """Additive attention bias of decomposed relative positions (MViTv2).
+    """Additive attention bias of decomposed relative positions (MViTv2), materialised.
 
-    ``bias[q, k] = <q, T_h[q_row, k_row]> + <q, T_w[q_col, k_col]>``.
+    ``bias[q, k] = <q, T_h[q_row, k_row]> + <q, T_w[q_col, k_col]>``. The encoder passes the
+    two terms (:func:`decomposed_rel_pos_terms`) to `napari_focsam.models.common.attend_rel_pos`
+    instead, whose kernels materialise the bias per chunk of queries or not at all.
 
     Parameters
     ----------
@@ -143,20 +188,41 @@ def decomposed_rel_pos_bias(
         ``B x heads x (qh * qw) x (kh * kw)``, dtype of ``q``.
     """
     (qh, qw), (kh, kw) = q_hw, k_hw
+    rel_h, rel_w = decomposed_rel_pos_terms(q, table_h, table_w, q_hw)
+    bias = rel_h[..., :, None] + rel_w[..., None, :]
+    return bias.reshape(*q.shape[:2], qh * qw, kh * kw)
+
+
+def decomposed_rel_pos_terms(
+    q: torch.Tensor,
+    table_h: torch.Tensor,
+    table_w: torch.Tensor,
+    q_hw: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two terms of :func:`decomposed_rel_pos_bias`, not yet summed over the key grid.
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        Unscaled queries of a ``qh x qw`` grid, ``B x heads x (qh * qw) x C``.
+    table_h, table_w : torch.Tensor
+        ``qh x kh x C`` and ``qw x kw x C`` from :func:`relative_position_table`.
+    q_hw : tuple of int
+        Query grid size.
+
+    Returns
+    -------
+    rel_h, rel_w : torch.Tensor
+        ``B x heads x (qh * qw) x kh`` and ``B x heads x (qh * qw) x kw`` in ``q``'s dtype:
+        ``bias[.., i, (r, c)] = rel_h[.., i, r] + rel_w[.., i, c]``
+        (`napari_focsam.models.common.attend_rel_pos`).
+    """
+    qh, qw = q_hw
     b, heads, _, c = q.shape
     grid = q.reshape(b, heads, qh, qw, c)
-    # einsum returns permuted views; contiguous inputs make the broadcast sum contiguous
-    bias_h = torch.einsum("bnhwc,hkc->bnhwk", grid, table_h.to(q.dtype)).contiguous()
-    bias_w = torch.einsum("bnhwc,wkc->bnhwk", grid, table_w.to(q.dtype)).contiguous()
-    bias = bias_h[..., :, None] + bias_w[..., None, :]
-    return bias.reshape(b, heads, qh * qw, kh * kw)
-
-
-#: Upper bounds on the bytes of one attention-bias chunk, per attention path (measured best
-#: on a 2-core AVX-512 CPU for a global ViT-B block: 4 query rows for fp32 SDPA, 2 for the
-#: bf16 matmul path). A global ViT-H block's whole bias would otherwise be ~1 GiB.
-SDPA_CHUNK_BYTES = 56 * 2**20
-BMM_CHUNK_BYTES = 16 * 2**20
+    rel_h = torch.einsum("bnhwc,hkc->bnhwk", grid, table_h.to(q.dtype))
+    rel_w = torch.einsum("bnhwc,wkc->bnhwk", grid, table_w.to(q.dtype))
+    return rel_h.reshape(b, heads, qh * qw, -1), rel_w.reshape(b, heads, qh * qw, -1)
 
 
 class Attention(nn.Module):
@@ -179,8 +245,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
         if use_rel_pos:
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
@@ -197,68 +263,29 @@ class Attention(nn.Module):
         qkv = self.qkv(x)  # B x H x W x 3C
         if window:
             bias = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(3 * c)
-            qkv = pad_grid(qkv, window, bias)
-            windows, padded_hw = window_partition(qkv, window)  # nB x win x win x 3C
+            windows, padded_hw = window_partition_filled(qkv, window, bias)  # nB x win x win x 3C
             out = window_unpartition(self._attend(windows), window, padded_hw, (h, w))
         else:
             out = self._attend(qkv)
         return self.proj(out)
 
     def _attend(self, qkv: torch.Tensor) -> torch.Tensor:
-        """Multi-head attention within each grid, ``B x H x W x 3C`` -> ``B x H x W x C``."""
+        """Multi-head attention within each grid, ``B x H x W x 3C`` -> ``B x H x W x C``.
+
+        The kernel is chosen by measurement (`napari_focsam.models.kernels`): op
+        ``"attention_rel_pos"`` with the rel-pos bias, ``"attention"`` without.
+        """
         b, h, w, c3 = qkv.shape
         # B x N x 3 x heads x Ch -> 3 x B x heads x N x Ch
         q, k, v = qkv.reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         if self.use_rel_pos:
-            out = self._attend_with_rel_pos(q, k, v, h, w)
+            table_h = relative_position_table(h, h, self.rel_pos_h)
+            table_w = relative_position_table(w, w, self.rel_pos_w)
+            rel_h, rel_w = decomposed_rel_pos_terms(q, table_h, table_w, (h, w))
+            out = attend_rel_pos(q, k, v, rel_h, rel_w)
         else:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attend(q, k, v)
         return out.transpose(1, 2).reshape(b, h, w, c3 // 3)  # B x heads x N x Ch -> B x H x W x C
-
-    def _attend_with_rel_pos(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             h: int, w: int) -> torch.Tensor:
-        """Attention with the decomposed rel-pos bias, over chunks of query rows.
-
-        ``q, k, v``: ``B x heads x (H * W) x Ch`` -> ``B x heads x (H * W) x Ch``.
-        """
-        table_h = relative_position_table(h, h, self.rel_pos_h)
-        table_w = relative_position_table(w, w, self.rel_pos_w)
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # once, not per chunk
-        b, heads = q.shape[:2]
-        use_bmm = q.device.type == "cpu" and q.dtype in _CPU_BMM_DTYPES
-        attend, budget = (_attend_bmm, BMM_CHUNK_BYTES) if use_bmm else (_attend_sdpa, SDPA_CHUNK_BYTES)
-        row_bytes = b * heads * w * h * w * q.element_size()
-        rows = max(1, min(h, budget // row_bytes))
-        outs = []
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            q_rows = q[:, :, r0 * w:r1 * w]
-            bias = decomposed_rel_pos_bias(q_rows, table_h[r0:r1], table_w, (r1 - r0, w), (h, w))
-            outs.append(attend(q_rows, k, v, bias))
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
-
-
-#: On CPU, torch's fused attention kernel gains nothing from bf16/fp16 (it measured ~510 ms
-#: for a global ViT-B block either way), while explicit batched matmuls reach the bf16 matmul
-#: units (~290 ms, same accuracy). fp32 and every other device use SDPA.
-_CPU_BMM_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def _attend_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 bias: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(C) + bias) v`` with SDPA; ``B x heads x N x C`` layout."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-
-
-def _attend_bmm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                bias: torch.Tensor) -> torch.Tensor:
-    """Same as :func:`_attend_sdpa` with explicit batched matmuls in the inputs' dtype."""
-    b, heads, n, c = q.shape
-    with torch.autocast(q.device.type, enabled=False):
-        scores = torch.baddbmm(bias.reshape(b * heads, n, -1), q.reshape(b * heads, n, c),
-                               k.reshape(b * heads, -1, c).transpose(1, 2), alpha=c ** -0.5)
-        out = torch.bmm(scores.softmax(dim=-1), v.reshape(b * heads, -1, c))
-    return out.view(b, heads, n, c)
 
 
 class Block(nn.Module):
@@ -290,7 +317,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # a channels-last input makes the conv write B x S/p x S/p x C directly: the tokens are
+        # contiguous, so the blocks' norms and residual sums need no layout copies
+        return self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 class ImageEncoderViT(nn.Module):

@@ -5,8 +5,9 @@ Layout of the official module (MobileSAM ``tiny_vit_sam.py``), kept key for key:
 blocks), ``layers.{1..}`` (TinyViT blocks), ``layers.{i}.downsample`` (PatchMerging),
 ``norm_head`` / ``head`` (the unused ImageNet classifier, present in the checkpoints), ``neck``.
 Convolutions keep their BatchNorm (``c`` + ``bn``), so eval-mode numerics are the official
-ones; the attention biases are gathered from ``attention_biases`` on every call (the official
-module caches them when ``eval()`` is called, see `TinyViTAttention`).
+ones; the attention biases are gathered from ``attention_biases`` as they are now (cached until
+they change; the official module caches them when ``eval()`` is called, see
+`TinyViTAttention`).
 
 Inside the attention stages tokens are kept channels-last, ``B x H x W x C``.
 """
@@ -14,12 +15,11 @@ Inside the attention stages tokens are kept channels-last, ``B x H x W x C``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..common import LayerNorm2d
+from ..common import LayerNorm2d, Linear, attend_bias, cached_derived
 from .config import TinyViTConfig
-from .image_encoder import pad_grid, window_partition, window_unpartition
+from .image_encoder import window_partition, window_partition_filled, window_unpartition
 
 
 class Conv2dBN(nn.Sequential):
@@ -148,10 +148,16 @@ class TinyViTAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.window = window
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, window * window))
         self.register_buffer("attention_bias_idxs", attention_bias_index(window), persistent=False)
+
+    def bias_table(self, dtype: torch.dtype) -> torch.Tensor:
+        """The learned biases of every (query, key) pair, ``heads x N x N`` in `dtype` (gathered
+        and cast once, again when the biases change: `cached_derived`)."""
+        return cached_derived(self, f"bias_{dtype}", (self.attention_biases,), lambda: (
+            self.attention_biases[:, self.attention_bias_idxs].to(dtype)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B x H x W x C`` -> ``B x H x W x C``.
@@ -164,13 +170,14 @@ class TinyViTAttention(nn.Module):
         qkv = self.qkv(self.norm(x))  # B x H x W x 3C
         if (h % self.window) or (w % self.window):
             fill = self.qkv(self.norm.bias.to(qkv.dtype))  # the padding tokens' q, k, v
-            qkv = pad_grid(qkv, self.window, fill)
-        windows, padded_hw = window_partition(qkv, self.window)  # nB x win x win x 3C
+            windows, padded_hw = window_partition_filled(qkv, self.window, fill)
+        else:
+            windows, padded_hw = window_partition(qkv, self.window)  # nB x win x win x 3C
         n = self.window * self.window
         # nB x N x heads x (q | k | v) -> 3 x nB x heads x N x Ch
         q, k, v = windows.reshape(-1, n, self.num_heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
-        bias = self.attention_biases[:, self.attention_bias_idxs].to(q.dtype)  # heads x N x N
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # nB x heads x N x Ch
+        bias = self.bias_table(q.dtype)  # heads x N x N
+        out = attend_bias(q, k, v, bias)  # nB x heads x N x Ch, kernel chosen by measurement
         out = out.transpose(1, 2).reshape(-1, self.window, self.window, c)
         return self.proj(window_unpartition(out, self.window, padded_hw, (h, w)))
 
@@ -181,8 +188,8 @@ class TinyViTMlp(nn.Module):
     def __init__(self, dim: int, hidden: int, norm_eps: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import attend
+from ..common import Linear, attend
 from ..sam.image_encoder import window_partition
 from .config import HieraBlockSpec, HieraConfig
 
@@ -113,7 +113,7 @@ class HieraMLP(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([nn.Linear(dim, hidden_dim), nn.Linear(hidden_dim, dim)])
+        self.layers = nn.ModuleList([Linear(dim, hidden_dim), Linear(hidden_dim, dim)])
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,8 @@ class MultiScaleAttention(nn.Module):
         self.dim_out = dim_out
         self.num_heads = num_heads
         self.q_stride = q_stride
-        self.qkv = nn.Linear(dim, dim_out * 3)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, dim_out * 3)
+        self.proj = Linear(dim_out, dim_out)
 
     def forward(self, x: torch.Tensor, window: int) -> torch.Tensor:
         """Attend within ``window x window`` windows (``window > 0``) or globally.
@@ -213,7 +213,7 @@ class MultiScaleBlock(nn.Module):
         self.norm2 = nn.LayerNorm(spec.dim_out, eps=norm_eps)
         self.mlp = HieraMLP(spec.dim_out, int(spec.dim_out * mlp_ratio))
         if spec.dim != spec.dim_out:
-            self.proj = nn.Linear(spec.dim, spec.dim_out)
+            self.proj = Linear(spec.dim, spec.dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``B x H x W x dim`` -> ``B x H' x W' x dim_out`` (``H' = H // stride`` when pooling)."""

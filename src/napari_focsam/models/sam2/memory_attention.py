@@ -51,8 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import kernels
-from ..common import attend, merge_heads, split_heads
+from ..common import attend, merge_heads, native_bf16_gemms, split_heads
 from ..sam.transformer import Attention
 
 logger = logging.getLogger(__name__)
@@ -176,8 +175,8 @@ class RoPEAttention(Attention):
         #: Fast path (`forward_fast`); False: the plain formulation.
         self.fast = True
         #: Fold the values into the output projection (fast path, when `folds_values`): None =
-        #: where the attention is GEMM-based (bf16 on a CPU with native bf16 GEMMs, see
-        #: `models.common.attend`), where it pays; True / False force it.
+        #: where the attention is GEMM-based (bf16 on a CPU with native bf16 GEMMs:
+        #: `models.common.native_bf16_gemms`), where it pays; True / False force it.
         self.fold_values: bool | None = None
 
     def rope_tables(self, num_tokens: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,8 +347,7 @@ class RoPEAttention(Attention):
         k = self.key_heads(k, q_heads.shape[-2], num_k_exclude_rope)
         fold = self.folds_values and (
             self.fold_values if self.fold_values is not None
-            else (k.device.type == "cpu" and k.dtype == q_heads.dtype == torch.bfloat16
-                  and kernels.cpu_native_bf16()))
+            else native_bf16_gemms(k, q_heads))
         if fold:  # softmax rows sum to 1: attend the raw values, project afterwards
             v = v.to(k.dtype)[:, None].expand(-1, self.num_heads, -1, -1)
         else:
