@@ -95,7 +95,7 @@ def test_sam_2d_image_and_batching(sam, tmp_path):
     for i in range(3):
         one = encoder.encode([src[i]])[0]
         np.testing.assert_allclose(batched[i]["image_embeddings"], one["image_embeddings"],
-                                   atol=1e-5, rtol=0)
+                                   atol=1e-5, rtol=1e-4)  # fp32 reordering (batch vs one)
 
 
 def test_model_ids():
