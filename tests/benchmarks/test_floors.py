@@ -115,3 +115,23 @@ def test_kernel_lines_name_each_measured_choice():
         "kernel attention float32 bh4.nq4096.nk32768.d256.dv256 t1: sdpa, the default kept on a "
         "near tie (sdpa 11.4 ms, blocked 10.7 ms)"]
     assert floors.kernel_lines({}) == []
+
+
+def test_the_gemm_peak_takes_the_faster_path_and_drops_a_hopeless_one(monkeypatch):
+    """Without native bf16, ``torch.mm`` in bf16 is a slow reference loop while ``F.linear``
+    goes through oneDNN: the peak is the faster path's, and a path 4x slower is not timed at
+    larger sizes."""
+    calls = []
+
+    def slow(a, b, out):
+        calls.append(("slow", a.shape[0]))
+        time.sleep(0.02)
+
+    def fast(a, b, out):
+        calls.append(("fast", a.shape[0]))
+
+    monkeypatch.setattr(floors, "_GEMM_PATHS", {"slow": slow, "fast": fast})
+    monkeypatch.setattr(floors, "_peaks", {})
+    peak = floors.gemm_peak("fp32", sizes=(8, 16), repeats=2)
+    assert peak["via"] == "fast" and peak["flops_per_s"] > 2 * 16**3 / 0.02
+    assert ("slow", 8) in calls and ("slow", 16) not in calls and ("fast", 16) in calls

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..models import kernels
 
@@ -53,9 +54,41 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    torch.mm(a, b, out=out)
+
+
+def _linear(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    F.linear(a, b)  # a @ b.T: the path of the models' linear layers
+
+
+#: The GEMM paths timed: a matmul and a linear layer can take different kernels.
+_GEMM_PATHS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]] = {
+    "mm": _mm, "linear": _linear}
+
+
+def _time_gemm(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None], a: torch.Tensor,
+               b: torch.Tensor, out: torch.Tensor, device: torch.device, repeats: int) -> float:
+    """Best seconds of `repeats` runs of ``fn(a, b, out)`` after a warm-up (fewer once a run
+    takes over a second)."""
+    fn(a, b, out)  # warm-up
+    _sync(device)
+    seconds = math.inf
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn(a, b, out)
+        _sync(device)
+        seconds = min(seconds, time.perf_counter() - start)
+        if seconds > 1.0:
+            break
+    return seconds
+
+
 def gemm_peak(dtype: str | torch.dtype = "fp32", device: str | torch.device = "cpu",
               sizes: Sequence[int] | None = None, repeats: int = 3) -> dict:
-    """This machine's GEMM speed in `dtype`: the best FLOP/s of square matmuls.
+    """This machine's GEMM speed in `dtype`: the best FLOP/s of square matmuls, as
+    ``torch.mm`` and as ``F.linear`` (the two can take different kernels: without native bf16,
+    bf16 ``torch.mm`` is 15-70x slower than bf16 ``F.linear``).
 
     Each size runs once untimed, then `repeats` times (fewer if a run takes over a second);
     larger sizes are skipped once a run takes over 2 s. The answer is cached per dtype, device,
@@ -75,8 +108,8 @@ def gemm_peak(dtype: str | torch.dtype = "fp32", device: str | torch.device = "c
     Returns
     -------
     dict
-        ``flops_per_s`` (the best), ``size`` (its side), ``seconds`` (its time), ``per_size``
-        (side -> FLOP/s), ``threads``.
+        ``flops_per_s`` (the best), ``size`` (its side), ``seconds`` (its time), ``via``
+        (``"mm"`` or ``"linear"``), ``per_size`` (side -> FLOP/s), ``threads``.
     """
     dev = torch.device(device)
     dt = _dtype(dtype)
@@ -87,26 +120,24 @@ def gemm_peak(dtype: str | torch.dtype = "fp32", device: str | torch.device = "c
         return dict(_peaks[cache_key])
     gen = torch.Generator().manual_seed(0)
     per_size: dict[int, float] = {}
-    best = {"flops_per_s": 0.0, "size": 0, "seconds": math.inf}
+    best = {"flops_per_s": 0.0, "size": 0, "seconds": math.inf, "via": ""}
+    paths = dict(_GEMM_PATHS)
     with torch.no_grad():
         for n in sizes:
             a = torch.randn(n, n, generator=gen).to(dev, dt)
             b = torch.randn(n, n, generator=gen).to(dev, dt)
             out = torch.empty(n, n, device=dev, dtype=dt)
-            torch.mm(a, b, out=out)  # warm-up
-            _sync(dev)
-            seconds = math.inf
-            for _ in range(max(1, repeats)):
-                start = time.perf_counter()
-                torch.mm(a, b, out=out)
-                _sync(dev)
-                seconds = min(seconds, time.perf_counter() - start)
-                if seconds > 1.0:
-                    break
+            timed = {name: _time_gemm(fn, a, b, out, dev, repeats) for name, fn in paths.items()}
+            via = min(timed, key=timed.__getitem__)
+            seconds = timed[via]
+            # a path 4x slower than the other is not timed at larger sizes (CPUs without native
+            # bf16: torch.mm in bf16 falls to a reference loop, 0.3-1.3 GFLOP/s, while F.linear
+            # converts to fp32 through oneDNN, 10-20 GFLOP/s, on 2 cores of an AMD EPYC)
+            paths = {name: fn for name, fn in paths.items() if timed[name] <= 4 * seconds}
             rate = 2.0 * n**3 / seconds
             per_size[int(n)] = rate
             if rate > best["flops_per_s"]:
-                best = {"flops_per_s": rate, "size": int(n), "seconds": seconds}
+                best = {"flops_per_s": rate, "size": int(n), "seconds": seconds, "via": via}
             if seconds > 2.0:
                 break
     result = {**best, "per_size": per_size, "threads": torch.get_num_threads(),
