@@ -282,8 +282,13 @@ def test_download_can_be_cancelled(make_widget, monkeypatch, tmp_path, qtbot):
     assert models.interactive_combo.currentText().endswith("missing")
 
 
-def test_only_the_latest_preview_is_shown(make_widget, fake_draw, qtbot):
-    fake_draw.delay = 0.4
+@pytest.mark.parametrize("gui_busy", [False, True], ids=["edit-while-computing",
+                                                       "result-queued-before-the-edit"])
+def test_only_the_latest_preview_is_shown(make_widget, fake_draw, qtbot, gui_busy):
+    """An edit while a preview computes: both are computed, only the latest is shown. With a
+    busy GUI thread the first result is queued before the edit, so it is delivered before the
+    0 ms timer that builds the edit's request fires: it is stale and must not be drawn."""
+    fake_draw.delay = 0.2 if gui_busy else 0.4
     viewer, image, widget = make_widget(synthetic_stack()[0])
     shown = []
     live = widget.controller.live
@@ -291,32 +296,13 @@ def test_only_the_latest_preview_is_shown(make_widget, fake_draw, qtbot):
     points, _ = widget.prompts.new_prompt_layers()
     points.add([10, 20])
     qtbot.waitUntil(lambda: widget.controller.runner.running("preview"), timeout=5000)
-    points.add([12, 30])  # while the first preview computes
+    if gui_busy:
+        time.sleep(fake_draw.delay + 0.3)  # the first result is queued meanwhile
+    points.add([12, 30])  # while the first preview computes, or before its result is handled
     result, request = wait_preview(qtbot, widget)
     wait_idle(qtbot, widget)
     assert len(fake_draw.prompts) == 2  # both computed...
     assert [n for n in shown if n is not None] == [2]  # ...only the latest shown
-    assert len(result.prompt.points_rc) == 2
-
-
-def test_a_result_that_arrives_before_a_new_edit_is_built_is_not_shown(make_widget, fake_draw,
-                                                                      qtbot):
-    """A result queued before an edit is delivered before the 0 ms timer that builds the
-    edit's request fires (the GUI thread was busy): it is stale and must not be drawn."""
-    fake_draw.delay = 0.2
-    viewer, image, widget = make_widget(synthetic_stack()[0])
-    shown = []
-    live = widget.controller.live
-    live.changed.connect(lambda: shown.append(live.result and len(live.result.prompt.points_rc)))
-    points, _ = widget.prompts.new_prompt_layers()
-    points.add([10, 20])
-    qtbot.waitUntil(lambda: widget.controller.runner.running("preview"), timeout=5000)
-    time.sleep(fake_draw.delay + 0.3)  # the first result is queued meanwhile (a busy GUI)
-    points.add([12, 30])  # scheduled: its request is built only when the timer fires
-    result, request = wait_preview(qtbot, widget)
-    wait_idle(qtbot, widget)
-    assert len(fake_draw.prompts) == 2
-    assert [n for n in shown if n is not None] == [2]
     assert len(result.prompt.points_rc) == 2
 
 
