@@ -10,7 +10,6 @@ from napari_focsam.models.sam import SAM_CONFIGS, build_sam
 from napari_focsam.models.sam.image_encoder import (
     decomposed_rel_pos_bias,
     decomposed_rel_pos_terms,
-    pad_grid,
     relative_position_table,
     window_partition,
     window_partition_filled,
@@ -28,6 +27,15 @@ def test_window_partition_roundtrip(hw, window):
     back = window_unpartition(windows, window, padded, hw)
     assert torch.equal(back, x)
     assert back.is_contiguous()
+
+
+def pad_grid(x: torch.Tensor, window: int, fill: torch.Tensor) -> torch.Tensor:
+    """Reference: ``B x H x W x C`` padded bottom / right to a multiple of `window` with the
+    ``C``-vector `fill`."""
+    b, h, w, c = x.shape
+    out = fill.to(x.dtype).expand(b, h + -h % window, w + -w % window, c).clone()
+    out[:, :h, :w] = x
+    return out
 
 
 def test_pad_grid_uses_the_fill_token():

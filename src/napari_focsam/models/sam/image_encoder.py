@@ -64,35 +64,10 @@ def window_unpartition(
     return x[:, :h, :w].contiguous() if (hp > h or wp > w) else x
 
 
-def pad_grid(x: torch.Tensor, window: int, fill: torch.Tensor) -> torch.Tensor:
-    """Pad a token grid bottom/right to a multiple of ``window`` with a constant token.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        ``B x H x W x C``.
-    window : int
-        Window side.
-    fill : torch.Tensor
-        ``C`` values of the padding token.
-
-    Returns
-    -------
-    torch.Tensor
-        ``B x Hp x Wp x C`` (``x`` itself when no padding is needed).
-    """
-    b, h, w, c = x.shape
-    pad_h, pad_w = -h % window, -w % window
-    if not (pad_h or pad_w):
-        return x
-    out = fill.to(x.dtype).expand(b, h + pad_h, w + pad_w, c).clone()
-    out[:, :h, :w] = x
-    return out
-
-
 def window_partition_filled(x: torch.Tensor, window: int,
                             fill: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """:func:`pad_grid` then :func:`window_partition`, in one pass over ``x``.
+    """Padding bottom / right to whole windows with the token `fill`, then
+    :func:`window_partition`, in one pass over ``x``.
 
     Parameters
     ----------
