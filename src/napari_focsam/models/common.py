@@ -64,7 +64,7 @@ def cached_derived(owner: nn.Module, name: str, sources: Sequence[torch.Tensor],
     object
         ``build()`` or its cached result.
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+    if needs_grad(*sources):
         return build()
     try:
         key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
@@ -236,7 +236,7 @@ def native_bf16_gemms(*tensors: torch.Tensor) -> bool:
             and cpu.cpu_native_bf16())
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
     """Whether autograd records through any of `tensors`."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
@@ -338,7 +338,7 @@ def attend_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return torch.softmax(scores, dim=-1)
 
     out = _bmm_rows(_query_blocks(nq, ATTENTION_QUERY_BLOCK), weights, vv,
-                    _needs_grad(q, k, v))
+                    needs_grad(q, k, v))
     return out.view(b, h, nq, -1)
 
 
@@ -491,7 +491,7 @@ def attend_bias_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     with no_autocast(q.device):
         out = _bmm_rows(_query_blocks(nq, ATTENTION_QUERY_BLOCK), weights, vv,
-                        _needs_grad(q, k, v, bias))
+                        needs_grad(q, k, v, bias))
     return out.view(b, h, nq, dv)
 
 
@@ -592,7 +592,7 @@ def _rel_pos_bias(rel_h: torch.Tensor, rel_w: torch.Tensor,
 def _bias_buffer(rel_h: torch.Tensor, rel_w: torch.Tensor,
                  chunks: Sequence[slice]) -> torch.Tensor | None:
     """A flat buffer for the biggest chunk's bias, or None (one chunk, or autograd records)."""
-    if len(chunks) < 2 or _needs_grad(rel_h, rel_w):
+    if len(chunks) < 2 or needs_grad(rel_h, rel_w):
         return None
     b, h, _, kh = rel_h.shape
     rows = max(c.stop - c.start for c in chunks)
@@ -649,7 +649,7 @@ def attend_rel_pos_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, re
         return torch.baddbmm(bias, qq[:, rows], kt, alpha=d ** -0.5).softmax(dim=-1)
 
     with no_autocast(q.device):
-        out = _bmm_rows(chunks, weights, vv, _needs_grad(q, k, v, rel_h, rel_w))
+        out = _bmm_rows(chunks, weights, vv, needs_grad(q, k, v, rel_h, rel_w))
     return out.view(b, h, n, dv)
 
 
@@ -771,7 +771,7 @@ def attend_zero_key_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> 
     """`attend_zero_key` with torch's CPU flash kernel, which also returns the logsumexp: its
     output times ``sigmoid(lse)`` (``"flash_lse"``). Off the CPU, without that kernel or when
     a gradient is needed, `attend_zero_key_padded`."""
-    if q.device.type != "cpu" or _CPU_FLASH_ATTENTION is None or _needs_grad(q, k, v):
+    if q.device.type != "cpu" or _CPU_FLASH_ATTENTION is None or needs_grad(q, k, v):
         return attend_zero_key_padded(q, k, v)
     out, lse = _CPU_FLASH_ATTENTION(q, k, v)  # lse: B x h x Nq, float32
     return out.mul_(torch.sigmoid(lse).unsqueeze(-1).to(out.dtype))
@@ -786,7 +786,7 @@ def attend_zero_key_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
     qs = (q * d ** -0.5).reshape(b * h, nq, d)
     kt = k.reshape(b * h, nk, d).transpose(1, 2)
     vv = v.reshape(b * h, nk, dv)
-    grad = _needs_grad(q, k, v)
+    grad = needs_grad(q, k, v)
 
     def weights(rows: slice) -> torch.Tensor:
         scores = torch.bmm(qs[:, rows], kt).float()
@@ -805,7 +805,7 @@ def attend_zero_key_blocked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -
 def _attention_zero_key_default(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
     """The built-in rule (FocSAM's refiner before kernels were measured): ``"flash_lse"`` on
     the CPU with torch's CPU flash kernel and no gradient needed, else ``"padded"``."""
-    flash = q.device.type == "cpu" and _CPU_FLASH_ATTENTION is not None and not _needs_grad(q, k, v)
+    flash = q.device.type == "cpu" and _CPU_FLASH_ATTENTION is not None and not needs_grad(q, k, v)
     return "flash_lse" if flash else "padded"
 
 

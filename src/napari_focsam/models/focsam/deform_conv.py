@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import autocast_dtype, cached_derived, no_autocast
+from ..common import autocast_dtype, cached_derived, needs_grad, no_autocast
 
 __all__ = ["DeformLayer", "ModulatedDeformConv3x3", "modulated_deform_conv3x3"]
 
@@ -143,8 +143,7 @@ def deform_conv3x3_channels_last(
     tokens = h * w
     per_chunk = max(1, _CHUNK_ELEMENTS // (tokens * KERNEL_POINTS * c))
     # autograd cannot record writes into a preallocated output: concatenate chunks instead
-    recording = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (table, sample_weight, wt) + (() if b is None else (b,)))
+    recording = needs_grad(table, sample_weight, wt, *(() if b is None else (b,)))
     if recording:
         out = None
     elif out is None:

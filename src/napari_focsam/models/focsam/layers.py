@@ -35,6 +35,7 @@ from ..common import (
     autocast_dtype,
     cached_derived,
     merge_heads,
+    needs_grad,
     no_autocast,
     split_heads,
 )
@@ -294,7 +295,7 @@ class PDyReLU(nn.Module):
         need the MLP's weights; the MLP itself otherwise.
         """
         first, second = self.pixel_mlp[0], self.pixel_mlp[2]
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.pixel_mlp.parameters()):
+        if needs_grad(*self.pixel_mlp.parameters()):
             return 2 * second(F.relu(first(s)))
         table, breaks, anchors = self.pixel_table()
         flat = s.reshape(-1)
