@@ -140,6 +140,10 @@ def test_choosing_image_and_model_encodes_the_viewed_slice(make_widget, qtbot):
     assert seen[:2] == ["Building sam_test_tiny…", f"Encoding slice z={z} with sam_test_tiny…"]
     assert widget.prepare_label.isVisible() or not widget.isVisible()
     assert widget.prepare_label.text().endswith("click on an object")
+    label = widget.prepare_label  # wrapped, and every line shown (a word-wrapped QLabel clipped)
+    lines = label.shown_text().split("\n")
+    assert " ".join(line.strip() for line in lines) == label.text()
+    assert label.height() >= len(lines) * label.fontMetrics().lineSpacing()
     seg = widget.controller.holder.current
     assert seg.stores["interactive"].is_cached(z) and seg.encoder_calls == 1
     points, _ = widget.prompts.new_prompt_layers()

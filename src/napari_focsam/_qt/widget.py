@@ -87,8 +87,7 @@ class FocSamWidget(QWidget):
                                      "encoded once an image and a model are chosen, or when you "
                                      "first click on it)")
         #: What encoding ahead of the first click does ("building…", "encoding slice z=…").
-        self.prepare_label = QLabel()
-        self.prepare_label.setWordWrap(True)
+        self.prepare_label = StatusLabel(max_lines=3)  # a QLabel's word wrap clipped its 2nd line
         self.prepare_label.setStyleSheet("color: gray;")
         self.prepare_label.setVisible(False)
         self.prompts = PromptsPanel(self.viewer, controller.messages, controller.image_layer)
