@@ -90,6 +90,13 @@ def test_bench_all_quick_writes_json_and_markdown(tmp_path, capsys):
     assert cli_main(["bench", "all", "--quick", "--out", str(out), "--only", "nope"]) == 2
 
 
+def test_bench_all_says_gui_click_needs_a_display(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    assert main(["bench", "all", "--quick", "--out", str(tmp_path), "--only", "gui-click"]) == 2
+    assert "needs a display" in capsys.readouterr().err
+
+
 def test_bench_track_memory_prints_table_cpu_and_json(tmp_path, capsys):
     out = tmp_path / "track.json"
     assert main(["bench", "track-memory", "--model", "sam2_test_tiny", "--frames", "6",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .gui_click import display_problem
 from .timing import BenchmarkError, machine_info
 
 __all__ = ["SuiteStep", "run_suite", "suite_markdown"]
@@ -37,7 +38,7 @@ class SuiteStep:
 def _plan(quick: bool, device: str, threads: int | None) -> list[tuple[str, Callable[[], dict],
                                                                         Callable[[dict], str]]]:
     from .focsam import format_focsam_table, run_refiner_benchmark
-    from .gui_click import display_problem, format_gui_click_table, run_gui_click_benchmark
+    from .gui_click import format_gui_click_table, run_gui_click_benchmark
     from .sam import format_sam_table, run_sam_benchmark
     from .sam2 import (
         format_memory_table,
@@ -118,6 +119,8 @@ def run_suite(out_dir: str | Path, *, quick: bool = False, device: str = "cpu",
     plan = _plan(quick, device, threads)
     if only:
         unknown = set(only) - {name for name, *_ in plan}
+        if "gui-click" in unknown and display_problem():
+            raise BenchmarkError(display_problem())
         if unknown:
             raise BenchmarkError(f"unknown benchmarks {sorted(unknown)}; choose from "
                              f"{[name for name, *_ in plan]}")
